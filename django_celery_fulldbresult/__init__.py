@@ -1,0 +1,1 @@
+"""Keep the full record of every Celery task in the Django database."""

@@ -1,0 +1,150 @@
+"""Queries on task records: stale detection, JSON lookups, retry and clean-up.
+
+The result backend, the publish hook, the admin and the command are thin
+callers of what is here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery import states
+from django.db import models
+from django.db.models.functions import Cast
+from django.utils import timezone
+
+from .conf import app_settings
+
+if TYPE_CHECKING:
+    from .retry import RetryReport
+
+#: What ``with_stale_kind()`` says of each stale record.
+NEVER_STARTED = "never_started"  # published (PENDING) and never started
+WORKER_GONE = "worker_gone"  # STARTED on a worker that no longer answers
+RUNNING = "running"  # STARTED on a worker that answers: slow, not lost
+STARTED_UNKNOWN = "started"  # STARTED, and no worker could be asked
+WAITING_RETRY = "waiting_retry"  # RETRY: the retry never ran
+WAITING_ETA = "waiting_eta"  # PENDING with an ETA, which has passed
+OTHER = "other"  # a custom state
+
+STALE_KINDS = (NEVER_STARTED, WORKER_GONE, RUNNING, STARTED_UNKNOWN, WAITING_RETRY, WAITING_ETA, OTHER)
+
+_ASK_WORKERS = object()
+
+
+def stale_cutoff(max_duration: timedelta | None = None) -> Any:
+    """The time before which an unfinished record's last change makes it stale."""
+    if max_duration is None:
+        max_duration = app_settings.STALE_AFTER
+    if max_duration < timedelta(0):
+        raise ValueError("max_duration must not be negative")
+    return timezone.now() - max_duration
+
+
+def live_worker_hostnames(app: Any = None, timeout: float | None = None) -> set[str] | None:
+    """Hostnames of the workers that answer a ping, or None if none could be asked."""
+    if app is None:
+        from celery import current_app as app
+    if timeout is None:
+        timeout = app_settings.WORKER_PING_TIMEOUT
+    try:
+        replies = app.control.ping(timeout=timeout)
+    except Exception:  # the broker is down: we cannot tell
+        return None
+    return {name for reply in replies or () for name in reply}
+
+
+class TaskResultMetaQuerySet(models.QuerySet):  # type: ignore[type-arg]
+    def get_stale_tasks(
+        self,
+        max_duration: timedelta | None = None,
+        acceptable_states: Collection[str] | None = None,
+    ) -> TaskResultMetaQuerySet:
+        """Records not in an acceptable (finished) state, unchanged for ``max_duration``.
+
+        ``max_duration`` defaults to ``DJANGO_CELERY_FULLDBRESULT_STALE_AFTER``
+        (one hour); ``acceptable_states`` to Celery's ``READY_STATES``
+        (SUCCESS, FAILURE, REVOKED). A task whose ETA is not yet past by
+        ``max_duration`` is not stale.
+        """
+        cutoff = stale_cutoff(max_duration)
+        if acceptable_states is None:
+            acceptable_states = states.READY_STATES
+        return self.exclude(status__in=sorted(acceptable_states)).filter(
+            models.Q(eta__isnull=True) | models.Q(eta__lt=cutoff), date_done__lt=cutoff
+        )
+
+    def with_stale_kind(self, live_workers: Iterable[str] | None | object = _ASK_WORKERS) -> TaskResultMetaQuerySet:
+        """Annotate ``stale_kind``: why each record has not finished.
+
+        ``live_workers`` are the hostnames of the workers that are alive; by
+        default the workers are asked (a ping, ``WORKER_PING_TIMEOUT``
+        seconds). ``None`` means they could not be asked: STARTED records are
+        then of kind ``started``.
+        """
+        if live_workers is _ASK_WORKERS:
+            live_workers = live_worker_hostnames()
+        started: list[models.When] = []
+        if live_workers is None:
+            started.append(models.When(status=states.STARTED, then=models.Value(STARTED_UNKNOWN)))
+        else:
+            live = sorted(live_workers)  # type: ignore[arg-type]
+            started.append(models.When(status=states.STARTED, hostname__in=live, then=models.Value(RUNNING)))
+            started.append(models.When(status=states.STARTED, then=models.Value(WORKER_GONE)))
+        waiting = [states.PENDING, states.RECEIVED]
+        return self.annotate(
+            stale_kind=models.Case(
+                *started,
+                models.When(status=states.RETRY, then=models.Value(WAITING_RETRY)),
+                models.When(status__in=waiting, eta__isnull=False, then=models.Value(WAITING_ETA)),
+                models.When(status__in=waiting, then=models.Value(NEVER_STARTED)),
+                default=models.Value(OTHER),
+                output_field=models.CharField(),
+            )
+        )
+
+    def with_json(self) -> TaskResultMetaQuerySet:
+        """Annotate ``args_json``, ``kwargs_json`` and ``result_json`` for JSON lookups.
+
+        ``.with_json().filter(kwargs_json__user__id=42)`` works on SQLite,
+        PostgreSQL and MariaDB/MySQL. ``result_json`` holds the result when it
+        is stored as JSON (the default ``json`` serializer, or USE_JSON).
+        """
+        return self.annotate(
+            args_json=Cast("args", models.JSONField()),
+            kwargs_json=Cast("kwargs", models.JSONField()),
+            result_json=Cast("encoded_result", models.JSONField()),
+        )
+
+    def retry(self, force: bool = False, app: Any = None) -> RetryReport:
+        """Send each record's task again; see :mod:`django_celery_fulldbresult.retry`."""
+        from .retry import retry_records
+
+        return retry_records(self, force=force, app=app, using=self.db)
+
+    def get_task(self, task_id: str) -> Any:
+        return self.filter(task_id=task_id).first()
+
+    def delete_expired(self, expires: timedelta | float, batch_size: int = 2000) -> int:
+        """Delete finished records older than ``expires``, ``batch_size`` at a time.
+
+        Unfinished records are never deleted: they are what stale detection
+        reports. Each batch is its own short transaction, so no lock is held
+        on the table for long.
+        """
+        if not isinstance(expires, timedelta):
+            expires = timedelta(seconds=expires)
+        cutoff = timezone.now() - expires
+        expired = self.filter(status__in=sorted(states.READY_STATES), date_done__lt=cutoff)
+        deleted = 0
+        while True:
+            batch = list(expired.order_by().values_list("pk", flat=True)[:batch_size])
+            if not batch:
+                return deleted
+            deleted += self.filter(pk__in=batch)._raw_delete(self.db)  # type: ignore[attr-defined]
+
+
+class TaskResultMetaManager(models.Manager.from_queryset(TaskResultMetaQuerySet)):  # type: ignore[misc]
+    pass

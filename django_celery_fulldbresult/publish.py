@@ -1,0 +1,172 @@
+"""Publish tracking: a PENDING record for each task when it is published.
+
+With ``DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH = True`` the handler of
+Celery's ``before_task_publish`` signal writes the record of every task sent
+from this process — ``delay``, ``apply_async``, ``send_task``, the members of
+chains, groups and chords, beat, ``Task.retry()`` — with its name, real
+arguments, routing, ETA and ``date_submitted``. With the setting off it does
+nothing but read the setting.
+
+Choices, and why:
+
+* The write is insert-if-absent (:func:`.upsert.record_published`): the
+  worker may finish the task before the publisher's write lands, and its
+  record must win.
+* It never runs inside the caller's transaction. Inside ``atomic()`` it goes
+  through a connection of its own, in autocommit: a rollback cannot erase the
+  record of a message that was sent anyway, and the caller's open transaction
+  never holds a lock the worker's write would wait for. SQLite has a single
+  writer: when the caller's transaction holds the write lock, the record is
+  written in that transaction instead (the worker writes its own as it runs).
+* If the write fails, the error is logged and the task is published all the
+  same: a task is never lost because its record could not be written. The
+  worker's own writes then create the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from celery import current_app, states
+from django.db import connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.utils import DatabaseError
+from django.utils import timezone
+
+from .conf import app_settings
+from .serialization import as_datetime, clean_text, encode_arguments
+from .upsert import record_published
+
+logger = logging.getLogger(__name__)
+
+_local = threading.local()
+
+
+def _is_ignored(name: str, headers: dict[str, Any]) -> bool:
+    # The worker's rule (Celery's get_actual_ignore_result): the message's
+    # own ignore_result when it has one, else the registered task's, which
+    # defaults to task_ignore_result.
+    ignore = headers.get("ignore_result")
+    if ignore is not None:
+        return bool(ignore)
+    app = current_app
+    task = app.tasks.get(name)
+    if task is not None:
+        return bool(task.ignore_result)
+    return bool(app.conf.task_ignore_result)
+
+
+def published_row(
+    body: Any, exchange: Any, routing_key: str | None, headers: dict[str, Any], properties: dict[str, Any], declare: Any
+) -> dict[str, Any] | None:
+    """The record of a message about to be published, or None for an ignored task."""
+    if "task" in headers:  # protocol 2
+        name, task_id = headers["task"], headers["id"]
+        args, kwargs = (body[0], body[1]) if isinstance(body, (tuple, list)) and len(body) >= 2 else ((), {})
+        fields = headers
+    else:  # protocol 1: everything is in the body
+        name, task_id = body["task"], body["id"]
+        args, kwargs = body.get("args"), body.get("kwargs")
+        fields = body
+    if _is_ignored(name, headers):
+        return None
+    exchange_name = getattr(exchange, "name", exchange)
+    queue = getattr(declare[0], "name", None) if declare else None
+    if queue is None and exchange_name == "" and routing_key:
+        queue = routing_key
+    now = timezone.now()
+    row = {
+        "task_id": task_id,
+        "task": clean_text(name),
+        "status": states.PENDING,
+        "exchange": clean_text(exchange_name),
+        "routing_key": clean_text(routing_key),
+        "queue": clean_text(queue),
+        "priority": properties.get("priority"),
+        "eta": as_datetime(fields.get("eta")),
+        "expires": as_datetime(fields.get("expires")),
+        "retries": fields.get("retries") or 0,
+        "parent_id": headers.get("parent_id"),
+        "root_id": headers.get("root_id"),
+        "group_id": headers.get("group") or fields.get("taskset"),
+        "periodic_task_name": clean_text(headers.get("periodic_task_name")),
+        "date_submitted": now,
+        "date_done": now,
+    }
+    row.update(encode_arguments(args, kwargs)._asdict())
+    return row
+
+
+def _independent_connection(alias: str) -> BaseDatabaseWrapper:
+    """A connection of this thread's own, outside any transaction of the caller."""
+    own = _local.__dict__.setdefault("connections", {})
+    connection = own.get(alias)
+    if connection is None:
+        connection = own[alias] = connections.create_connection(alias)
+    if connection.vendor == "sqlite" and connection.connection is None:
+        connection.ensure_connection()
+        # Never wait on the caller's own write lock (see the module docstring).
+        connection.connection.execute("PRAGMA busy_timeout = 0")
+    return connection
+
+
+def write_records(rows: Sequence[dict[str, Any]]) -> None:
+    """Write publish records, outside the caller's transaction when it has one."""
+    alias = router.db_for_write(_model())
+    connection = connections[alias]
+    if not connection.in_atomic_block:
+        record_published(connection, rows)
+        return
+    independent = _independent_connection(alias)
+    try:
+        record_published(independent, rows)
+    except DatabaseError:
+        independent.close()
+        if connection.vendor != "sqlite":
+            raise
+        with transaction.atomic(using=alias):  # a savepoint in the caller's transaction
+            record_published(connection, rows)
+
+
+def _model() -> Any:
+    from .models import TaskResultMeta
+
+    return TaskResultMeta
+
+
+@contextmanager
+def already_recorded(task_ids: Sequence[str]) -> Iterator[None]:
+    """Skip the publish write for these ids: their records were written already."""
+    previous = getattr(_local, "recorded", frozenset())
+    _local.recorded = previous | frozenset(task_ids)
+    try:
+        yield
+    finally:
+        _local.recorded = previous
+
+
+def on_before_task_publish(
+    sender: Any = None,
+    body: Any = None,
+    exchange: Any = None,
+    routing_key: str | None = None,
+    headers: dict[str, Any] | None = None,
+    properties: dict[str, Any] | None = None,
+    declare: Any = None,
+    **kwargs: Any,
+) -> None:
+    """Celery's ``before_task_publish`` handler, connected by the app config."""
+    if not app_settings.TRACK_PUBLISH:
+        return
+    try:
+        row = published_row(body, exchange, routing_key, headers or {}, properties or {}, declare)
+        if row is None or row["task_id"] in getattr(_local, "recorded", ()):
+            return
+        write_records([row])
+    except Exception:
+        # Publishing goes on: the worker's writes will create the record.
+        logger.exception("Could not record the publication of task %s", (headers or {}).get("id"))

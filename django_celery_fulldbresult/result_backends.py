@@ -1,0 +1,163 @@
+"""``DatabaseResultBackend``: Celery's results, stored as full ``TaskResultMeta`` records.
+
+Set ``CELERY_RESULT_BACKEND = "django_celery_fulldbresult.result_backends:DatabaseResultBackend"``.
+Groups and chords are stored by the django-celery-results backend this one
+extends (its ``GroupResult`` and ``ChordCounter`` models), so
+``django_celery_results`` must be in ``INSTALLED_APPS`` too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from celery import states
+from django.db import connections, router
+from django.db.utils import InterfaceError, OperationalError
+from django.utils import timezone
+from django_celery_results.backends.database import DatabaseBackend
+
+from .models import TaskResultMeta
+from .serialization import as_datetime, clean_text, decode_arguments, decode_result, encode_arguments, encode_result
+from .upsert import store_state
+
+#: What a dropped or refused database connection raises through Django, with
+#: psycopg 3, psycopg2, mysqlclient and sqlite3 alike.
+CONNECTION_ERRORS = (InterfaceError, OperationalError)
+
+
+def queue_from_delivery(delivery_info: dict[str, Any]) -> str | None:
+    """The queue a message came from, where the delivery info tells it.
+
+    Brokers do not report the queue, only the exchange and routing key. With
+    Celery's default routing a queue's exchange and routing key are both its
+    name, or the exchange is the default ('') one and the key is the name.
+    """
+    if "queue" in delivery_info:
+        return delivery_info["queue"]  # type: ignore[no-any-return]
+    exchange, routing_key = delivery_info.get("exchange"), delivery_info.get("routing_key")
+    if routing_key and exchange in ("", None, routing_key):
+        return routing_key  # type: ignore[no-any-return]
+    return None
+
+
+class DatabaseResultBackend(DatabaseBackend):
+    """A result backend that keeps the task's name, real arguments, routing and timing."""
+
+    TaskModel = TaskResultMeta
+
+    def exception_safe_to_retry(self, exc: Exception) -> bool:
+        """A dropped database connection is safe to retry on a new one.
+
+        Used with ``result_backend_always_retry = True``: the store is an
+        idempotent upsert, so writing it again never duplicates a record.
+        """
+        if isinstance(exc, CONNECTION_ERRORS):
+            self._close_broken_connection()
+            return True
+        return super().exception_safe_to_retry(exc)  # type: ignore[no-any-return]
+
+    def _close_broken_connection(self, alias: str | None = None) -> None:
+        connection = connections[alias or router.db_for_write(TaskResultMeta)]
+        if not connection.in_atomic_block:
+            connection.close()
+
+    def _state_row(self, task_id: str, result: Any, state: str, traceback: Any, request: Any) -> dict[str, Any]:
+        encoded = encode_result(self, result)
+        now = timezone.now()
+        row: dict[str, Any] = {
+            "task_id": task_id,
+            "status": state,
+            "content_type": encoded.content_type,
+            "content_encoding": encoded.content_encoding,
+            "encoded_result": encoded.text,
+            "traceback": clean_text(traceback),
+            "date_done": now,
+            "date_started": now if state == states.STARTED else None,
+            "retries": 0,
+        }
+        if request is None:
+            return row
+        children = self.current_task_children(request)
+        delivery_info = getattr(request, "delivery_info", None) or {}
+        row.update(
+            task=clean_text(getattr(request, "task", None)),
+            hostname=clean_text(getattr(request, "hostname", None)),
+            exchange=clean_text(delivery_info.get("exchange")),
+            routing_key=clean_text(delivery_info.get("routing_key")),
+            queue=clean_text(queue_from_delivery(delivery_info)),
+            priority=delivery_info.get("priority"),
+            eta=as_datetime(getattr(request, "eta", None)),
+            expires=as_datetime(getattr(request, "expires", None)),
+            retries=getattr(request, "retries", None) or 0,
+            parent_id=getattr(request, "parent_id", None),
+            root_id=getattr(request, "root_id", None),
+            group_id=getattr(request, "group", None),
+            periodic_task_name=clean_text(getattr(request, "periodic_task_name", None)),
+            meta=json.dumps({"children": children}) if children else None,
+        )
+        args, kwargs = getattr(request, "args", None), getattr(request, "kwargs", None)
+        if args is not None or kwargs is not None:
+            row.update(encode_arguments(args, kwargs)._asdict())
+        return row
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        using: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Write the task's state in one statement (see :mod:`.upsert`)."""
+        row = self._state_row(task_id, result, state, traceback, request)
+        alias = using or router.db_for_write(TaskResultMeta)
+        try:
+            store_state(connections[alias], row)
+        except CONNECTION_ERRORS:
+            # A connection the database dropped (restart, idle timeout, a
+            # failover) fails once; the upsert is idempotent, so write again
+            # on a new connection before giving up.
+            if connections[alias].in_atomic_block:
+                raise
+            self._close_broken_connection(alias)
+            store_state(connections[alias], row)
+        return result
+
+    def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        record = TaskResultMeta.objects.using(router.db_for_read(TaskResultMeta)).filter(task_id=task_id).first()
+        if record is None:
+            return {"task_id": task_id, "status": states.PENDING, "result": None, "traceback": None, "children": []}
+        try:
+            args, kwargs = decode_arguments(record.args, record.kwargs)
+        except ValueError:
+            args, kwargs = record.args, record.kwargs  # type: ignore[assignment]
+        meta = {
+            "task_id": record.task_id,
+            "status": record.status,
+            "result": decode_result(self, record.content_type, record.content_encoding, record.encoded_result),
+            "date_done": record.date_done,
+            "traceback": record.traceback,
+            "children": record.children,
+            "name": record.task,
+            "args": args,
+            "kwargs": kwargs,
+            "worker": record.hostname,
+            "retries": record.retries,
+            "queue": record.queue,
+            "parent_id": record.parent_id,
+            "group_id": record.group_id,
+        }
+        return self.meta_from_decoded(meta)  # type: ignore[no-any-return]
+
+    def _forget(self, task_id: str) -> None:
+        TaskResultMeta.objects.using(router.db_for_write(TaskResultMeta)).filter(task_id=task_id).delete()
+
+    def cleanup(self) -> None:
+        """Delete expired finished records (Celery's ``celery.backend_cleanup``), in batches."""
+        if not self.expires:
+            return
+        TaskResultMeta.objects.db_manager(router.db_for_write(TaskResultMeta)).delete_expired(self.expires)
+        self.GroupModel._default_manager.delete_expired(self.expires)

@@ -1,0 +1,160 @@
+"""Sending a stored task again: the admin action and button, ``find_stale_tasks
+--retry``, ``QuerySet.retry()`` and ``TaskResultMeta.retry()`` all come here.
+
+Each task is sent with ``send_task`` under a new id, with its original name,
+arguments and routing: its recorded queue (or exchange and routing key),
+priority, and nothing else, so the app's ``task_routes`` apply where the
+original had no routing recorded.
+
+Lineage: the new record's ``retry_of`` is the old task's id, the old record's
+``retried_as`` the new one's. A record that was retried already is refused
+unless ``force=True``. The claim on a record is one conditional UPDATE, so two
+operators (or two cron jobs) retrying the same record at once send it once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import states
+from django.db import connections, router
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from .models import TaskResultMeta
+from .publish import already_recorded
+from .serialization import decode_arguments
+from .upsert import record_published
+
+#: How many records are claimed, written and sent per round.
+CHUNK = 500
+
+
+@dataclass
+class RetryReport:
+    """What a retry did: ``sent`` maps old task ids to new ones."""
+
+    sent: dict[str, str] = field(default_factory=dict)
+    #: Old task id -> why it was not sent.
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.sent)
+
+
+def refusal(record: TaskResultMeta, force: bool = False) -> str | None:
+    """Why this record cannot be sent again, or None if it can."""
+    if not record.task:
+        return _("the task's name is not recorded")
+    if record.not_retryable_reason:
+        return record.not_retryable_reason
+    if record.retried_as and not force:
+        return _("already retried as %(task_id)s") % {"task_id": record.retried_as}
+    try:
+        decode_arguments(record.args, record.kwargs)
+    except ValueError as exc:
+        return _("the stored arguments cannot be decoded: %(error)s") % {"error": exc}
+    return None
+
+
+def _routing(record: TaskResultMeta) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if record.queue:
+        options["queue"] = record.queue
+    elif record.exchange or record.routing_key:
+        options["exchange"] = record.exchange or ""
+        options["routing_key"] = record.routing_key
+    if record.priority is not None:
+        options["priority"] = record.priority
+    return options
+
+
+def _claim(records: list[TaskResultMeta], new_ids: dict[str, str], force: bool, using: str) -> list[TaskResultMeta]:
+    """Set ``retried_as`` on the records nobody else claimed first; return those."""
+    manager = TaskResultMeta.objects.using(using)
+    claimed = []
+    for record in records:
+        query = manager.filter(task_id=record.task_id)
+        if not force:
+            query = query.filter(retried_as__isnull=True)
+        elif record.retried_as:
+            # Forced: replace only the claim we read, not a concurrent one.
+            query = query.filter(retried_as=record.retried_as)
+        if query.update(retried_as=new_ids[record.task_id]):
+            claimed.append(record)
+    return claimed
+
+
+def _new_row(record: TaskResultMeta, new_id: str, now: Any) -> dict[str, Any]:
+    return {
+        "task_id": new_id,
+        "task": record.task,
+        "status": states.PENDING,
+        "args": record.args,
+        "kwargs": record.kwargs,
+        "not_retryable_reason": "",
+        "exchange": record.exchange,
+        "routing_key": record.routing_key,
+        "queue": record.queue,
+        "priority": record.priority,
+        "retries": 0,
+        "periodic_task_name": record.periodic_task_name,
+        "retry_of": record.task_id,
+        "date_submitted": now,
+        "date_done": now,
+    }
+
+
+def retry_records(
+    records: Iterable[TaskResultMeta],
+    force: bool = False,
+    app: Any = None,
+    using: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RetryReport:
+    """Send each record's task again; return what was sent and what was refused."""
+    if app is None:
+        from celery import current_app as app
+    using = using or router.db_for_write(TaskResultMeta)
+    report = RetryReport()
+    pending: list[TaskResultMeta] = []
+    for record in records:
+        reason = refusal(record, force)
+        if reason is None:
+            pending.append(record)
+        else:
+            report.refused[record.task_id] = reason
+    for start in range(0, len(pending), CHUNK):
+        chunk = pending[start : start + CHUNK]
+        new_ids = {record.task_id: str(uuid.uuid4()) for record in chunk}
+        claimed = _claim(chunk, new_ids, force, using)
+        for record in chunk:
+            if record not in claimed:
+                report.refused[record.task_id] = _("retried by someone else at the same time")
+        now = timezone.now()
+        record_published(connections[using], [_new_row(r, new_ids[r.task_id], now) for r in claimed])
+        _send(app, claimed, new_ids, report, using)
+        if progress:
+            progress(len(claimed))
+    return report
+
+
+def _send(app: Any, claimed: list[TaskResultMeta], new_ids: dict[str, str], report: RetryReport, using: str) -> None:
+    manager = TaskResultMeta.objects.using(using)
+    with already_recorded(list(new_ids.values())), app.producer_or_acquire() as producer:
+        for record in claimed:
+            new_id = new_ids[record.task_id]
+            args, kwargs = decode_arguments(record.args, record.kwargs)
+            try:
+                app.send_task(record.task, args=args, kwargs=kwargs, task_id=new_id, producer=producer, **_routing(record))
+            except Exception as exc:
+                # Not sent: undo the claim and the new record, and say why.
+                manager.filter(task_id=record.task_id, retried_as=new_id).update(retried_as=record.retried_as)
+                manager.filter(Q(task_id=new_id), status=states.PENDING).delete()
+                report.refused[record.task_id] = _("could not be sent: %(error)s") % {"error": exc}
+            else:
+                report.sent[record.task_id] = new_id
