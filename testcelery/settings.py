@@ -136,6 +136,8 @@ if CELERY_BROKER_URL.startswith("fdrfs://"):
         "data_folder_out": str(_BROKER_DIR / "queue"),
         "control_folder": str(_BROKER_DIR / "control"),
         "store_processed": False,
+        # Look for new message files ten times a second (kombu's default: 1 s).
+        "polling_interval": 0.1,
     }
 CELERY_RESULT_BACKEND = "django_celery_fulldbresult.result_backends:DatabaseResultBackend"
 CELERY_IGNORE_RESULT = False

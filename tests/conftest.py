@@ -1,0 +1,193 @@
+"""Fixtures: real worker processes, and the rule for services that are missing.
+
+The database and broker of a run come from ``FULLDBRESULT_DB`` and
+``FULLDBRESULT_BROKER`` (see ``testcelery/settings.py``); ``dev.py test`` runs
+the suite once per database/broker pair that is available (all of them, and
+required, when ``CI`` is set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+REDIS_URL = os.environ.get("FULLDBRESULT_REDIS_URL", "redis://127.0.0.1:6379/5")
+RABBITMQ_URL = os.environ.get("FULLDBRESULT_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def reachable(url: str) -> bool:
+    parsed = urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 0), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def require(url: str, what: str) -> None:
+    """Skip a test whose server is missing, except in CI, where it fails."""
+    if reachable(url):
+        return
+    message = f"{what} is not running at {url}"
+    if IN_CI:
+        pytest.fail(message + " (required in CI)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require(REDIS_URL, "Redis")
+    return REDIS_URL
+
+
+@pytest.fixture
+def rabbitmq_url() -> str:
+    require(RABBITMQ_URL, "RabbitMQ")
+    return RABBITMQ_URL
+
+
+class Worker:
+    """A real ``celery worker`` process of the example project."""
+
+    def __init__(
+        self,
+        hostname: str,
+        env: dict[str, str],
+        log_dir: Path,
+        concurrency: int = 2,
+        queues: str | None = None,
+        pool: str = "prefork",
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.hostname = hostname
+        self.env = env
+        self.log = log_dir / f"{hostname.replace('@', '_')}-{uuid.uuid4().hex[:6]}.log"
+        self.args = [sys.executable, "-m", "celery", "-A", "testcelery", "worker", "-P", pool, "-c", str(concurrency)]
+        self.args += ["--hostname", hostname, "-l", "INFO", "--without-gossip", "--without-mingle", *extra]
+        if queues:
+            self.args += ["-Q", queues]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> Worker:
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if f"{self.hostname} ready.".encode() in self.log.read_bytes():
+                return self
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        output = self.log.read_text(errors="replace")
+        self.stop()
+        raise RuntimeError(f"worker {self.hostname} did not start:\n{output[-3000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def pool_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool), as a host that dies."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if not self.process or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+            self.process.wait(15)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            self.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def worker_env(**settings: Any) -> dict[str, str]:
+    """The environment of a worker on the test database, with app settings as JSON."""
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = "testcelery.settings"
+    env["FULLDBRESULT_DB_NAME"] = str(connection.settings_dict["NAME"])
+    env["PYTHONPATH"] = str(ROOT)
+    for name, value in settings.items():
+        if name.isupper() and not name.startswith("FULLDBRESULT_"):
+            env["DJANGO_CELERY_FULLDBRESULT_" + name] = json.dumps(value)
+        else:
+            env[name] = str(value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def worker_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("workers")
+
+
+@pytest.fixture(scope="session")
+def _purged(django_db_setup: Any) -> None:
+    from testcelery.celery import app
+
+    app.control.purge()
+
+
+@pytest.fixture
+def start_worker(
+    _purged: None, worker_log_dir: Path, transactional_db: Any
+) -> Iterator[Callable[..., Worker]]:
+    """Start workers for one test: ``start_worker("w1", TRACK_PUBLISH=False, concurrency=4)``.
+
+    Upper-case keyword arguments are the app's settings in the worker;
+    ``FULLDBRESULT_*`` ones are environment variables of the example project.
+    """
+    started: list[Worker] = []
+
+    def start(name: str = "w1", concurrency: int = 2, queues: str | None = None, extra: tuple[str, ...] = (), **settings: Any) -> Worker:
+        worker = Worker(f"{name}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}", worker_env(**settings), worker_log_dir, concurrency, queues, extra=extra)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def worker(start_worker: Callable[..., Worker]) -> Worker:
+    """One worker with the example project's settings, for this test."""
+    return start_worker()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, message: str = "") -> Any:
+    """Poll until ``predicate()`` is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(message or f"timed out after {timeout}s waiting for {predicate}")
+        time.sleep(interval)

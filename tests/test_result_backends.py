@@ -1,0 +1,126 @@
+"""The result backend with a real worker process: what a user finds in the table."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from celery import chord, group, states
+from django.db import connection
+
+from django_celery_fulldbresult.models import TaskResultMeta
+from testcelery import tasks
+from testcelery.celery import app
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.worker
+
+
+def test_success_failure_and_retry_are_recorded_with_real_arguments(worker: Any) -> None:
+    when = datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
+    ok = tasks.echo.delay(1, "two", when, Decimal("3.50"), flag=True, nested={"a": [1, 2]})
+    bad = tasks.fail.delay("it broke")
+    flaky = tasks.flaky.delay(fail_times=1)
+
+    assert ok.get(timeout=30) == {"args": [1, "two", when, Decimal("3.50")], "kwargs": {"flag": True, "nested": {"a": [1, 2]}}}
+    with pytest.raises(ValueError, match="it broke"):
+        bad.get(timeout=30)
+    assert flaky.get(timeout=30) == 1
+
+    record = TaskResultMeta.objects.get(task_id=ok.id)
+    assert record.task == "testcelery.tasks.echo"
+    assert record.status == states.SUCCESS
+    args = json.loads(record.args)
+    assert args[:2] == [1, "two"]
+    assert json.loads(record.kwargs) == {"flag": True, "nested": {"a": [1, 2]}}
+    assert record.decoded_args == [1, "two", when, Decimal("3.50")]
+    assert record.hostname == worker.hostname
+    assert record.queue == "celery"
+    assert record.routing_key == "celery"
+    assert record.date_started is not None and record.date_done >= record.date_started
+    assert record.result == {"args": [1, "two", when, Decimal("3.50")], "kwargs": {"flag": True, "nested": {"a": [1, 2]}}}
+
+    failed = TaskResultMeta.objects.get(task_id=bad.id)
+    assert failed.status == states.FAILURE
+    assert json.loads(failed.args) == ["it broke"]
+    assert "ValueError: it broke" in failed.traceback
+    assert isinstance(failed.result, ValueError)
+
+    retried = TaskResultMeta.objects.get(task_id=flaky.id)
+    assert retried.status == states.SUCCESS
+    assert retried.retries == 1
+    assert TaskResultMeta.objects.count() == 3
+
+
+def test_async_result_reads_name_args_and_state_through_the_backend(worker: Any) -> None:
+    result = tasks.add.delay(2, 3)
+    assert result.get(timeout=30) == 5
+    fresh = app.AsyncResult(result.id)
+    assert fresh.state == states.SUCCESS
+    assert fresh.name == "testcelery.tasks.add"
+    assert fresh.args == [2, 3]
+    assert fresh.kwargs == {}
+    assert fresh.result == 5
+
+
+def test_custom_states_are_recorded(worker: Any) -> None:
+    result = tasks.progress.delay()
+    assert result.get(timeout=30) == "finished"
+    record = TaskResultMeta.objects.get(task_id=result.id)
+    assert record.status == states.SUCCESS
+    assert record.task == "testcelery.tasks.progress"
+
+
+def test_a_chord_of_ten_completes(worker: Any) -> None:
+    result = chord(tasks.add.s(i, i) for i in range(10))(tasks.tsum.s())
+    assert result.get(timeout=60) == 90
+    members = TaskResultMeta.objects.filter(task="testcelery.tasks.add")
+    assert members.count() == 10
+    assert set(members.values_list("status", flat=True)) == {states.SUCCESS}
+    assert len(set(members.values_list("group_id", flat=True))) == 1
+
+
+def test_a_group_result_is_saved_and_restored(worker: Any) -> None:
+    result = group(tasks.add.s(i, 1) for i in range(5)).apply_async()
+    result.save()
+    assert sorted(result.get(timeout=30)) == [1, 2, 3, 4, 5]
+    restored = app.GroupResult.restore(result.id)
+    assert sorted(restored.get(timeout=30)) == [1, 2, 3, 4, 5]
+
+
+def test_revoked_task_is_recorded_revoked(worker: Any) -> None:
+    eta = datetime.now(UTC) + timedelta(seconds=30)
+    result = tasks.add.apply_async((1, 1), eta=eta)
+    wait_for(lambda: TaskResultMeta.objects.filter(task_id=result.id).exists())
+    result.revoke()
+    wait_for(lambda: TaskResultMeta.objects.get(task_id=result.id).status == states.REVOKED, timeout=30)
+    record = TaskResultMeta.objects.get(task_id=result.id)
+    assert record.eta is not None and abs((record.eta - eta).total_seconds()) < 1
+
+
+def test_ignored_results_are_not_stored(start_worker: Any) -> None:
+    start_worker()
+    ignored = tasks.ignored.delay(1)
+    per_call = tasks.add.apply_async((1, 2), ignore_result=True)
+    kept = tasks.add.delay(2, 2)
+    assert kept.get(timeout=30) == 4
+    # Tasks run in order on the queue; give the ignored ones a moment.
+    done = tasks.add.delay(0, 0)
+    done.get(timeout=30)
+    assert not TaskResultMeta.objects.filter(task_id__in=[ignored.id, per_call.id]).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_store_is_one_statement() -> None:
+    """The store path: one round-trip per state change (counted, not timed)."""
+    from django.test.utils import CaptureQueriesContext
+
+    backend = app.backend
+    with CaptureQueriesContext(connection) as queries:
+        backend.store_result("one-trip", 42, states.SUCCESS)
+    assert len(queries) == 1, [q["sql"] for q in queries]
+
