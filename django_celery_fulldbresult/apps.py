@@ -8,11 +8,19 @@ class FullDBResultConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from celery._state import connect_on_app_finalize
         from celery.signals import before_task_publish
+        from django.core.signals import request_finished, request_started
 
         from . import checks  # noqa: F401  (registers the system checks)
-        from .publish import on_before_task_publish
+        from .conf import map_old_ignore_result
+        from .publish import close_old_connections, on_before_task_publish
+
+        # Celery 5.5 does not map the old CELERY_IGNORE_RESULT (see conf.py).
+        connect_on_app_finalize(map_old_ignore_result)
 
         # Connected always; the handler returns at once unless TRACK_PUBLISH
         # is on, so the setting can be changed at run time (and in tests).
         before_task_publish.connect(on_before_task_publish, weak=False, dispatch_uid="django_celery_fulldbresult")
+        request_started.connect(close_old_connections, dispatch_uid="django_celery_fulldbresult")
+        request_finished.connect(close_old_connections, dispatch_uid="django_celery_fulldbresult")

@@ -114,6 +114,21 @@ def _independent_connection(alias: str) -> BaseDatabaseWrapper:
     return connection
 
 
+def close_old_connections(**kwargs: Any) -> None:
+    """Close this thread's own connections as Django closes its own (CONN_MAX_AGE).
+
+    Connected to ``request_started`` and ``request_finished`` by the app config.
+    """
+    for connection in getattr(_local, "connections", {}).values():
+        connection.close_if_unusable_or_obsolete()
+
+
+def close_connections() -> None:
+    """Close this thread's own connections now."""
+    for connection in getattr(_local, "connections", {}).values():
+        connection.close()
+
+
 def write_records(rows: Sequence[dict[str, Any]]) -> None:
     """Write publish records, outside the caller's transaction when it has one."""
     alias = router.db_for_write(_model())

@@ -38,7 +38,10 @@ STATE_COLUMNS = (
     "date_started", "date_done",
 )  # fmt: skip
 #: Columns a state write replaces; the others keep their value when the write has none.
-REPLACED = {"status", "content_type", "content_encoding", "encoded_result", "traceback", "retries", "date_done"}
+REPLACED = {"status", "content_type", "content_encoding", "encoded_result", "traceback", "date_done"}
+#: The retry count only grows: the worker's RETRY write carries the count of the
+#: attempt that failed, and may land after the re-publish that counted one more.
+GREATEST = "retries"
 
 #: Columns written at publication.
 PUBLISH_COLUMNS = (
@@ -64,12 +67,48 @@ def _quoted(connection: BaseDatabaseWrapper, names: Iterable[str]) -> dict[str, 
 
 
 def _params(connection: BaseDatabaseWrapper, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> list[Any]:
+    plan = _PLANS.get(columns)
+    if plan is None:
+        plan = _PLANS[columns] = _plan(columns)
+    params = []
+    append = params.append
+    for row in rows:
+        for name, default, field in plan:
+            value = row[name] if name in row else default
+            # Text, integers and NULL go to every driver as they are; Django's
+            # conversion (get_db_prep_save) is only needed for the others
+            # (datetimes, and anything unusual), and costs more than the write.
+            if value is None or (field is None and type(value) in _PLAIN):
+                append(value)
+            else:
+                append((field or _model()._meta.get_field(name)).get_db_prep_save(value, connection))
+    return params
+
+
+_PLAIN = (str, int, bool)
+_PLANS: dict[Sequence[str], list[tuple[str, Any, Any]]] = {}
+
+
+def _plan(columns: Sequence[str]) -> list[tuple[str, Any, Any]]:
+    """(name, default, field whose conversion is always needed or None) for each column."""
+    from django.db import models
+
     fields = [_model()._meta.get_field(name) for name in columns]
-    return [
-        field.get_db_prep_save(row[field.name] if field.name in row else field.get_default(), connection)
-        for row in rows
-        for field in fields
-    ]
+    return [(f.name, f.get_default(), f if isinstance(f, models.DateTimeField) else None) for f in fields]
+
+
+#: Generated SQL, per (vendor, kind, number of rows): the text depends on nothing else.
+_SQL: dict[tuple[str, str, int], str] = {}
+
+
+def _cached_sql(connection: BaseDatabaseWrapper, kind: str, count: int, build: Any) -> str:
+    key = (connection.vendor, kind, count)
+    sql = _SQL.get(key)
+    if sql is None:
+        if len(_SQL) > 256:  # odd batch sizes must not grow it without bound
+            _SQL.clear()
+        sql = _SQL[key] = build(connection, count)
+    return sql
 
 
 def _finished_list(connection: BaseDatabaseWrapper) -> str:
@@ -84,6 +123,13 @@ def store_state(connection: BaseDatabaseWrapper, row: dict[str, Any]) -> None:
     if vendor not in ("postgresql", "sqlite", "mysql"):
         _store_state_portable(connection, row)
         return
+    sql = _cached_sql(connection, "state", 1, _store_state_sql)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _params(connection, STATE_COLUMNS, [row]))
+
+
+def _store_state_sql(connection: BaseDatabaseWrapper, count: int) -> str:
+    vendor = connection.vendor
     model = _model()
     q = _quoted(connection, STATE_COLUMNS)
     table = connection.ops.quote_name(model._meta.db_table)
@@ -97,7 +143,9 @@ def store_state(connection: BaseDatabaseWrapper, row: dict[str, Any]) -> None:
         # values: status, which the guard reads, must come last.
         for name in sorted(set(STATE_COLUMNS) - {"task_id"}, key=lambda n: n == "status"):
             new = f"VALUES({q[name]})"
-            if name not in REPLACED:
+            if name == GREATEST:
+                new = f"GREATEST({new}, {q[name]})"
+            elif name not in REPLACED:
                 new = f"COALESCE({new}, {q[name]})"
             sets.append(f"{q[name]} = IF({guard}, {new}, {q[name]})")
         sql = f"{insert} ON DUPLICATE KEY UPDATE {', '.join(sets)}"
@@ -107,15 +155,17 @@ def store_state(connection: BaseDatabaseWrapper, row: dict[str, Any]) -> None:
             if name == "task_id":
                 continue
             new = f"EXCLUDED.{q[name]}"
-            if name == "not_retryable_reason":
+            if name == GREATEST:
+                greatest = "MAX" if vendor == "sqlite" else "GREATEST"
+                new = f"{greatest}({new}, {table}.{q[name]})"
+            elif name == "not_retryable_reason":
                 new = f"CASE WHEN EXCLUDED.{q['args']} IS NULL THEN {table}.{q[name]} ELSE {new} END"
             elif name not in REPLACED:
                 new = f"COALESCE({new}, {table}.{q[name]})"
             sets.append(f"{q[name]} = {new}")
         guard = f"NOT ({table}.{q['status']} IN ({finished}) AND EXCLUDED.{q['status']} NOT IN ({finished}))"
         sql = f"{insert} ON CONFLICT ({q['task_id']}) DO UPDATE SET {', '.join(sets)} WHERE {guard}"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, _params(connection, STATE_COLUMNS, [row]))
+    return sql
 
 
 def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, Any]]) -> None:
@@ -126,11 +176,18 @@ def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, A
     if vendor not in ("postgresql", "sqlite", "mysql"):
         _record_published_portable(connection, rows)
         return
+    sql = _cached_sql(connection, "publish", len(rows), _record_published_sql)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _params(connection, PUBLISH_COLUMNS, rows))
+
+
+def _record_published_sql(connection: BaseDatabaseWrapper, count: int) -> str:
+    vendor = connection.vendor
     model = _model()
     q = _quoted(connection, PUBLISH_COLUMNS)
     table = connection.ops.quote_name(model._meta.db_table)
     finished = _finished_list(connection)
-    placeholders = ", ".join(["(%s)" % ", ".join(["%s"] * len(PUBLISH_COLUMNS))] * len(rows))
+    placeholders = ", ".join(["(%s)" % ", ".join(["%s"] * len(PUBLISH_COLUMNS))] * count)
     insert = f"INSERT INTO {table} ({', '.join(q.values())}) VALUES {placeholders}"
     if vendor == "mysql":
         guard = f"VALUES({q['retries']}) > {q['retries']} AND {q['status']} NOT IN ({finished})"
@@ -140,8 +197,7 @@ def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, A
         sets = [f"{q[name]} = EXCLUDED.{q[name]}" for name in REPUBLISHED]
         guard = f"EXCLUDED.{q['retries']} > {table}.{q['retries']} AND {table}.{q['status']} NOT IN ({finished})"
         sql = f"{insert} ON CONFLICT ({q['task_id']}) DO UPDATE SET {', '.join(sets)} WHERE {guard}"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, _params(connection, PUBLISH_COLUMNS, rows))
+    return sql
 
 
 def _store_state_portable(connection: BaseDatabaseWrapper, row: dict[str, Any]) -> None:
@@ -160,6 +216,7 @@ def _store_state_portable(connection: BaseDatabaseWrapper, row: dict[str, Any]) 
         for name in STATE_COLUMNS:
             if name in REPLACED or row.get(name) is not None:
                 setattr(record, name, row.get(name))
+        record.retries = max(record.retries, row.get("retries") or 0)
         record.save()
 
 

@@ -142,6 +142,15 @@ def worker_env(**settings: Any) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(autouse=True)
+def _close_publish_connections() -> Iterator[None]:
+    """The publish hook's own connections must not outlive a test (the test database is dropped at the end)."""
+    yield
+    from django_celery_fulldbresult.publish import close_connections
+
+    close_connections()
+
+
 @pytest.fixture(scope="session")
 def worker_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("workers")

@@ -1,0 +1,198 @@
+"""Publish tracking (DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH): the record exists from the moment of sending."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from celery import chain, chord, group, states
+from django.contrib.auth.models import User
+from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext, override_settings
+
+from django_celery_fulldbresult.models import TaskResultMeta
+from testcelery import tasks
+from testcelery.celery import app
+
+from .conftest import wait_for
+
+#: A queue no worker of these tests consumes: messages wait there and are purged.
+PARKED = "fulldbresult-parked"
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def parked() -> Iterator[str]:
+    """A queue to publish to without running anything; emptied afterwards."""
+    yield PARKED
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        try:
+            channel.queue_purge(PARKED)
+        except Exception:  # the queue was never declared
+            pass
+
+
+def test_a_published_task_is_recorded_pending_with_everything_known(parked: str) -> None:
+    eta = datetime.now(UTC) + timedelta(hours=1)
+    expires = eta + timedelta(hours=1)
+    with CaptureQueriesContext(connection) as queries:
+        result = tasks.echo.apply_async(
+            (1, [2, 3]), {"x": "y"}, queue=parked, eta=eta, expires=expires, priority=3
+        )
+    assert len(queries) == 1, "one round-trip per published task"
+    record = TaskResultMeta.objects.get(task_id=result.id)
+    assert record.status == states.PENDING
+    assert record.task == "testcelery.tasks.echo"
+    assert json.loads(record.args) == [1, [2, 3]]
+    assert json.loads(record.kwargs) == {"x": "y"}
+    assert record.queue == parked
+    assert record.routing_key == parked
+    assert record.priority == 3
+    assert abs((record.eta - eta).total_seconds()) < 0.01
+    assert abs((record.expires - expires).total_seconds()) < 0.01
+    assert record.date_submitted is not None
+    assert record.date_done == record.date_submitted
+    assert record.date_started is None
+
+
+def test_send_task_by_name_is_recorded(parked: str) -> None:
+    result = app.send_task("some.other.service.task", args=[1], kwargs={"a": 2}, queue=parked)
+    record = TaskResultMeta.objects.get(task_id=result.id)
+    assert record.task == "some.other.service.task"
+    assert json.loads(record.args) == [1]
+
+
+@override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=False)
+def test_nothing_at_all_is_done_when_the_setting_is_off(parked: str) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        result = tasks.add.apply_async((1, 2), queue=parked)
+    assert len(queries) == 0
+    assert not TaskResultMeta.objects.filter(task_id=result.id).exists()
+
+
+def test_ignored_tasks_get_no_record(parked: str) -> None:
+    ignored = [
+        tasks.ignored.apply_async((1,), queue=parked),
+        tasks.add.apply_async((1, 2), queue=parked, ignore_result=True),
+        app.send_task("testcelery.tasks.ignored", args=[1], queue=parked),
+    ]
+    kept = tasks.add.apply_async((1, 2), queue=parked)
+    assert not TaskResultMeta.objects.filter(task_id__in=[r.id for r in ignored]).exists()
+    assert TaskResultMeta.objects.filter(task_id=kept.id).exists()
+
+
+def test_group_members_and_chord_header_are_recorded_with_their_group(parked: str) -> None:
+    result = group(tasks.add.s(i, i) for i in range(5)).apply_async(queue=parked)
+    members = TaskResultMeta.objects.filter(group_id=result.id)
+    assert members.count() == 5
+    assert sorted(json.loads(m.args)[0] for m in members) == [0, 1, 2, 3, 4]
+
+
+def test_every_task_of_a_canvas_has_its_record_with_lineage(worker: Any) -> None:
+    flow = chain(tasks.add.s(1, 1), tasks.add.s(2), chord([tasks.add.si(i, 0) for i in range(3)], tasks.tsum.s()))
+    result = flow.apply_async()
+    assert result.get(timeout=60) == 3
+    records = TaskResultMeta.objects.all()
+    assert {r.status for r in records} == {states.SUCCESS}
+    # 2 chain links + 3 chord members + the chord body, all recorded at publish time.
+    assert records.filter(date_submitted__isnull=False).count() == records.count() == 6
+    first = TaskResultMeta.objects.get(task="testcelery.tasks.add", args="[1, 1]")
+    assert records.exclude(task_id=first.task_id).filter(root_id=first.task_id).count() == 5
+
+
+def test_a_retry_republish_updates_retries_and_eta(worker: Any) -> None:
+    result = tasks.flaky.apply_async(kwargs={"fail_times": 1, "countdown": 30})
+
+    def waiting() -> bool:
+        record = TaskResultMeta.objects.filter(task_id=result.id).first()
+        return record is not None and record.status == states.RETRY and record.eta is not None
+
+    wait_for(waiting, timeout=30)
+    record = TaskResultMeta.objects.get(task_id=result.id)
+    assert record.retries == 1
+    assert record.eta > datetime.now(UTC) + timedelta(seconds=20)
+    assert record.date_submitted is not None
+    result.revoke()
+
+
+def test_the_workers_record_wins_over_a_late_publish_write() -> None:
+    """Insert-if-absent: a publish write arriving after the worker's never changes it."""
+    app.backend.store_result("late-publish", 42, states.SUCCESS)
+    from django_celery_fulldbresult.upsert import record_published
+
+    now = datetime.now(UTC)
+    record_published(connection, [{"task_id": "late-publish", "task": "x", "status": states.PENDING, "date_done": now}])
+    record = TaskResultMeta.objects.get(task_id="late-publish")
+    assert record.status == states.SUCCESS
+    assert record.result == 42
+
+
+def test_a_rolled_back_transaction_keeps_the_record_of_the_sent_message(worker: Any) -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        User.objects.create(username="rolled-back")
+        result = tasks.add.delay(20, 22)
+        if connection.vendor != "sqlite":
+            # Written on its own connection: visible outside the open transaction.
+            # (SQLite has one writer: there it is written in this transaction.)
+            assert _visible_elsewhere(result.id)
+        raise RuntimeError("roll back")
+    assert not User.objects.filter(username="rolled-back").exists()
+    assert result.get(timeout=30) == 42
+    record = TaskResultMeta.objects.get(task_id=result.id)
+    assert record.status == states.SUCCESS
+    assert record.date_submitted is not None
+
+
+def test_a_committed_transaction_records_the_task(worker: Any) -> None:
+    with transaction.atomic():
+        User.objects.create(username="committed")
+        result = tasks.add.delay(1, 1)
+    assert result.get(timeout=30) == 2
+    assert TaskResultMeta.objects.get(task_id=result.id).date_submitted is not None
+
+
+def test_an_open_transaction_never_holds_up_the_worker(worker: Any) -> None:
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has one writer: an open write transaction holds up every other writer")
+    with transaction.atomic():
+        User.objects.create(username="still-open")
+        result = tasks.add.delay(2, 2)
+        # The caller's transaction is still open while the worker writes.
+        assert result.get(timeout=30) == 4
+    assert TaskResultMeta.objects.get(task_id=result.id).status == states.SUCCESS
+
+
+def test_a_failed_bookkeeping_write_is_logged_and_the_task_is_still_sent(
+    parked: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    table = connection.ops.quote_name(TaskResultMeta._meta.db_table)
+    hidden = connection.ops.quote_name("fulldbresult_hidden")
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME TO {hidden}")
+    try:
+        with caplog.at_level(logging.ERROR, logger="django_celery_fulldbresult.publish"):
+            result = tasks.add.apply_async((1, 2), queue=parked)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {hidden} RENAME TO {table}")
+    assert f"Could not record the publication of task {result.id}" in caplog.text
+    with app.connection_for_write() as conn:
+        message = conn.SimpleQueue(parked, no_ack=True).get(timeout=10)
+    assert message.headers["id"] == result.id
+
+
+def _visible_elsewhere(task_id: str) -> bool:
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            table = other.ops.quote_name(TaskResultMeta._meta.db_table)
+            cursor.execute(f"SELECT COUNT(*) FROM {table} WHERE task_id = %s", [task_id])
+            return bool(cursor.fetchone()[0])
+    finally:
+        other.close()
