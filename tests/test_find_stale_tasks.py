@@ -1,0 +1,151 @@
+"""``manage.py find_stale_tasks``: the seed's output, and what operations need beyond it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from io import StringIO
+from typing import Any
+
+import pytest
+from celery import states
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from django_celery_fulldbresult.managers import NEVER_STARTED
+from django_celery_fulldbresult.models import TaskResultMeta
+
+from .conftest import ROOT, wait_for, worker_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def make(task_id: str, task: str, status: str = states.PENDING, age: timedelta = timedelta(hours=2), **fields: Any) -> TaskResultMeta:
+    when = timezone.now() - age
+    return TaskResultMeta.objects.create(
+        task_id=task_id, task=task, status=status, date_submitted=when, date_done=when, args="[1, 2]", kwargs="{}", **fields
+    )
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command("find_stale_tasks", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def test_the_seeds_output_format() -> None:
+    record = make("cf738350-afe8-44f8-9eac-34721581eb61", "email_workers.tasks.send_email")
+    record.date_submitted = datetime(2015, 5, 27, 14, 17, 37, 96366, tzinfo=timezone.get_current_timezone())
+    record.save()
+    make("fresh", "email_workers.tasks.send_email", age=timedelta(minutes=5))
+    assert run("--hours", "1") == (
+        "Stale tasks:\n"
+        "  2015-05-27 14:17:37.096366+00:00 - cf738350-afe8-44f8-9eac-34721581eb61: email_workers.tasks.send_email\n"
+    )
+
+
+def test_nothing_stale_prints_the_header_only() -> None:
+    assert run("--hours", "1") == "Stale tasks:\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "stale"),
+    [
+        ("--weeks", "1", False),
+        ("--days", "1", False),
+        ("--hours", "1", True),
+        ("--minutes", "90", True),
+        ("--seconds", "7000", True),
+        ("--microseconds", "7300000000", False),
+    ],
+)
+def test_every_unit_of_the_seed_is_accepted(option: str, value: str, stale: bool) -> None:
+    make("two-hours-old", "app.work")
+    assert ("two-hours-old" in run(option, value)) is stale
+
+
+def test_units_add_up() -> None:
+    make("two-hours-old", "app.work")
+    assert "two-hours-old" not in run("--hours", "1", "--minutes", "61")
+    assert "two-hours-old" in run("--hours", "1", "--minutes", "59")
+
+
+def test_terminal_states_are_repeatable() -> None:
+    make("started", "app.work", states.STARTED)
+    make("revoked", "app.work", states.REVOKED)
+    output = run("--hours", "1", "--terminal-state", "SUCCESS", "--terminal-state", "STARTED")
+    assert "revoked" in output and "started" not in output
+
+
+def test_filter_by_task_name_and_queue() -> None:
+    make("mail", "app.send_mail", queue="mail")
+    make("report", "app.build_report", queue="reports")
+    assert "mail" in run("--task", "app.send_mail") and "report" not in run("--task", "app.send_mail")
+    assert "report" in run("--queue", "reports") and "mail:" not in run("--queue", "reports")
+
+
+def test_json_output_is_one_document_with_the_kind() -> None:
+    make("lost", "app.work")
+    document = json.loads(run("--hours", "1", "--format", "json"))
+    assert document["count"] == 1
+    task = document["tasks"][0]
+    assert task["task_id"] == "lost"
+    assert task["task"] == "app.work"
+    assert task["status"] == states.PENDING
+    assert task["kind"] == NEVER_STARTED
+    assert document["window_seconds"] == 3600
+
+
+def test_text_output_can_name_the_kind() -> None:
+    make("lost", "app.work")
+    assert run("--kind").endswith(": app.work [never_started]\n")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--hours", "-1"],
+        ["--days", "abc"],
+        ["--weeks", "1e300"],
+        ["--weeks", "100000"],
+        ["--seconds", "nan"],
+        ["--seconds", "inf"],
+        ["--limit", "0"],
+        ["--format", "xml"],
+    ],
+)
+def test_bad_options_are_a_clear_command_error(args: list[str]) -> None:
+    with pytest.raises(CommandError):
+        call_command("find_stale_tasks", *args, stdout=StringIO(), stderr=StringIO())
+
+
+def test_fail_if_found_exits_1_for_cron_jobs_and_probes() -> None:
+    env = worker_env()
+    command = [sys.executable, "manage.py", "find_stale_tasks", "--hours", "1", "--fail-if-found"]
+    clean = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+    assert clean.stdout == "Stale tasks:\n"
+    make("lost", "app.work")
+    found = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert found.returncode == 1
+    assert "lost: app.work" in found.stdout
+    assert "1 stale task found." in found.stderr
+
+
+@pytest.mark.worker
+def test_retry_sends_each_stale_task_once(worker: Any) -> None:
+    make("lost-1", "testcelery.tasks.add", queue="celery")
+    make("lost-2", "testcelery.tasks.add", queue="celery")
+    output = run("--hours", "1", "--retry")
+    assert "Retried lost-1 as " in output and "Retried lost-2 as " in output
+    new_ids = TaskResultMeta.objects.filter(retry_of__in=["lost-1", "lost-2"]).values_list("task_id", flat=True)
+    assert len(new_ids) == 2
+    wait_for(lambda: TaskResultMeta.objects.filter(task_id__in=new_ids, status=states.SUCCESS).count() == 2)
+    assert {r.result for r in TaskResultMeta.objects.filter(task_id__in=new_ids)} == {3}
+
+    err = StringIO()
+    call_command("find_stale_tasks", "--hours", "1", "--retry", stdout=StringIO(), stderr=err)
+    assert "Not retried lost-1: already retried as" in err.getvalue()
+    assert TaskResultMeta.objects.filter(retry_of__in=["lost-1", "lost-2"]).count() == 2

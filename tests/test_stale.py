@@ -1,0 +1,142 @@
+"""Stale detection: ``get_stale_tasks()`` and ``with_stale_kind()``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from celery import states
+from django.db import connection
+from django.test.utils import override_settings
+from django.utils import timezone
+
+from django_celery_fulldbresult.managers import (
+    NEVER_STARTED,
+    RUNNING,
+    STARTED_UNKNOWN,
+    WAITING_ETA,
+    WAITING_RETRY,
+    WORKER_GONE,
+    OTHER,
+    live_worker_hostnames,
+)
+from django_celery_fulldbresult.models import TaskResultMeta
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def make(task_id: str, status: str, age: timedelta, **fields: Any) -> TaskResultMeta:
+    return TaskResultMeta.objects.create(
+        task_id=task_id, task="app.tasks.work", status=status, date_done=timezone.now() - age, **fields
+    )
+
+
+def ids(queryset: Any) -> set[str]:
+    return set(queryset.values_list("task_id", flat=True))
+
+
+def test_unfinished_tasks_older_than_the_window_are_stale() -> None:
+    hour = timedelta(hours=1)
+    for state in (states.PENDING, states.STARTED, states.RETRY, "PROGRESS"):
+        make(f"old-{state}", state, 2 * hour)
+        make(f"new-{state}", state, hour / 2)
+    for state in (states.SUCCESS, states.FAILURE, states.REVOKED):
+        make(f"old-{state}", state, 2 * hour)
+    stale = TaskResultMeta.objects.get_stale_tasks(hour)
+    assert ids(stale) == {"old-PENDING", "old-STARTED", "old-RETRY", "old-PROGRESS"}
+
+
+def test_revoked_tasks_are_not_stale_by_default_but_acceptable_states_can_say_otherwise() -> None:
+    make("revoked", states.REVOKED, timedelta(days=1))
+    make("started", states.STARTED, timedelta(days=1))
+    assert ids(TaskResultMeta.objects.get_stale_tasks(timedelta(hours=1))) == {"started"}
+    custom = TaskResultMeta.objects.get_stale_tasks(timedelta(hours=1), acceptable_states=[states.SUCCESS, states.STARTED])
+    assert ids(custom) == {"revoked"}
+
+
+def test_a_task_is_not_stale_before_its_eta_plus_the_window() -> None:
+    now = timezone.now()
+    window = timedelta(hours=1)
+    make("eta-ahead", states.PENDING, timedelta(days=1), eta=now + timedelta(hours=5))
+    make("eta-just-passed", states.PENDING, timedelta(days=1), eta=now - timedelta(minutes=30))
+    make("eta-long-passed", states.PENDING, timedelta(days=1), eta=now - timedelta(hours=2))
+    assert ids(TaskResultMeta.objects.get_stale_tasks(window)) == {"eta-long-passed"}
+
+
+def test_the_default_window_is_the_stale_after_setting() -> None:
+    make("two-hours", states.PENDING, timedelta(hours=2))
+    make("ten-minutes", states.PENDING, timedelta(minutes=10))
+    assert ids(TaskResultMeta.objects.get_stale_tasks()) == {"two-hours"}
+    with override_settings(DJANGO_CELERY_FULLDBRESULT_STALE_AFTER=timedelta(minutes=5)):
+        assert ids(TaskResultMeta.objects.get_stale_tasks()) == {"two-hours", "ten-minutes"}
+
+
+def test_it_is_a_queryset_that_chains() -> None:
+    make("a", states.PENDING, timedelta(days=1), queue="mail")
+    make("b", states.PENDING, timedelta(days=1), queue="reports")
+    stale = TaskResultMeta.objects.filter(queue="mail").get_stale_tasks(timedelta(hours=1)).order_by("date_done")
+    assert list(stale.values_list("task_id", flat=True)) == ["a"]
+
+
+def test_a_negative_window_is_refused() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        TaskResultMeta.objects.get_stale_tasks(timedelta(hours=-1))
+
+
+def test_each_stale_record_says_why() -> None:
+    day = timedelta(days=1)
+    now = timezone.now()
+    make("never", states.PENDING, day)
+    make("eta", states.PENDING, day, eta=now - day)
+    make("retry", states.RETRY, day)
+    make("gone", states.STARTED, day, hostname="w1@dead-host")
+    make("alive", states.STARTED, day, hostname="w2@live-host")
+    make("custom", "PROGRESS", day)
+    kinds = dict(
+        TaskResultMeta.objects.get_stale_tasks(timedelta(hours=1))
+        .with_stale_kind(live_workers={"w2@live-host"})
+        .values_list("task_id", "stale_kind")
+    )
+    assert kinds == {
+        "never": NEVER_STARTED,
+        "eta": WAITING_ETA,
+        "retry": WAITING_RETRY,
+        "gone": WORKER_GONE,
+        "alive": RUNNING,
+        "custom": OTHER,
+    }
+    unknown = dict(TaskResultMeta.objects.with_stale_kind(live_workers=None).values_list("task_id", "stale_kind"))
+    assert unknown["gone"] == unknown["alive"] == STARTED_UNKNOWN
+
+
+@pytest.mark.worker
+def test_live_workers_are_asked_through_the_control_api(worker: Any) -> None:
+    assert worker.hostname in (live_worker_hostnames(timeout=3) or set())
+    make("on-live-worker", states.STARTED, timedelta(days=1), hostname=worker.hostname)
+    make("on-dead-worker", states.STARTED, timedelta(days=1), hostname="w9@nowhere")
+    kinds = dict(TaskResultMeta.objects.with_stale_kind().values_list("task_id", "stale_kind"))
+    assert kinds == {"on-live-worker": RUNNING, "on-dead-worker": WORKER_GONE}
+
+
+def test_stale_detection_uses_an_index_on_postgresql() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("EXPLAIN plans are PostgreSQL's; the partial index exists on PostgreSQL and SQLite")
+    table = TaskResultMeta._meta.db_table
+    with connection.cursor() as cursor:
+        # A realistic table: nearly every record finished, a few not.
+        cursor.execute(
+            f"""INSERT INTO {table} (task_id, task, status, content_type, content_encoding, not_retryable_reason,
+                retries, date_done)
+            SELECT 'bulk-' || i, 'app.tasks.work', CASE WHEN i % 1000 = 0 THEN 'STARTED' ELSE 'SUCCESS' END,
+                'application/json', 'utf-8', '', 0, now() - (i || ' seconds')::interval
+            FROM generate_series(1, 50000) AS i"""
+        )
+        cursor.execute(f"ANALYZE {table}")
+    stale = TaskResultMeta.objects.get_stale_tasks(timedelta(hours=1))
+    plan = stale.explain()
+    assert "fulldbresult_unfinished_idx" in plan, plan
+    assert "Seq Scan" not in plan, plan
+    count_plan = stale.order_by().values("pk").explain()
+    assert "fulldbresult_unfinished_idx" in count_plan, count_plan
+    assert stale.count() == 50 - 3  # the rows younger than an hour are not stale
