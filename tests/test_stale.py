@@ -112,10 +112,11 @@ def test_each_stale_record_says_why() -> None:
 
 @pytest.mark.worker
 def test_live_workers_are_asked_through_the_control_api(worker: Any) -> None:
-    assert worker.hostname in (live_worker_hostnames(timeout=3) or set())
+    assert worker.hostname in (live_worker_hostnames(timeout=5) or set())
     make("on-live-worker", states.STARTED, timedelta(days=1), hostname=worker.hostname)
     make("on-dead-worker", states.STARTED, timedelta(days=1), hostname="w9@nowhere")
-    kinds = dict(TaskResultMeta.objects.with_stale_kind().values_list("task_id", "stale_kind"))
+    with override_settings(DJANGO_CELERY_FULLDBRESULT_WORKER_PING_TIMEOUT=5):
+        kinds = dict(TaskResultMeta.objects.with_stale_kind().values_list("task_id", "stale_kind"))
     assert kinds == {"on-live-worker": RUNNING, "on-dead-worker": WORKER_GONE}
 
 
