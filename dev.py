@@ -3,6 +3,7 @@
 
     python dev.py demo      # the example project: a worker, tasks, their records, the admin
     python dev.py test      # the test suite
+    python dev.py lint      # ruff, mypy and the packaging test (CI runs them too)
 
 Each makes (once) a virtual environment in ``.venv`` with what it needs.
 ``test`` runs the suite once per database and broker pair: SQLite with the
@@ -44,10 +45,22 @@ TARGETS = {
     "mariadb-rabbitmq": ("mysql", RABBITMQ, (MARIADB, RABBITMQ)),
 }
 
-#: The ends of the supported range CI runs: (venv, python, pins, targets).
+#: The ends of the supported range CI runs: (venv, python, requirements, pins, targets).
 MATRIX = [
-    ("lowest", "3.11", ["Django==5.2.*", "celery==5.5.*", "django-celery-results==2.6.0", "django-celery-beat==2.9.0"], ["sqlite", "postgres-redis", "mariadb-rabbitmq"]),
-    ("newest", "3.13", ["Django==6.1.*", "celery==5.7.*", "django-celery-results==2.6.*", "django-celery-beat==2.9.*"], ["sqlite", "postgres-redis", "mariadb-rabbitmq"]),
+    (
+        "lowest",
+        "3.11",
+        "requirements/ci.txt",
+        ["Django==5.2.*", "celery==5.5.*", "django-celery-results==2.6.0", "django-celery-beat==2.9.0"],
+        ["sqlite", "postgres-redis", "mariadb-rabbitmq"],
+    ),
+    (
+        "newest",
+        "3.13",
+        "requirements/ci-nobeat.txt",
+        ["Django==6.1.*", "celery==5.7.*", "django-celery-results==2.6.*"],
+        ["sqlite", "postgres-redis", "mariadb-rabbitmq"],
+    ),
 ]
 
 
@@ -77,7 +90,7 @@ def ensure_venv(name: str, python: str, requirements: str, pins: list[str] = ())
     """A virtual environment with the requirements, re-installed when they change."""
     path = ROOT / name
     bin_python = path / "bin" / "python"
-    stamp_text = "\n".join([python, *pins] + [(ROOT / f).read_text() for f in ("pyproject.toml", "requirements/test.txt", requirements)])
+    stamp_text = "\n".join([python, *pins] + [(ROOT / f).read_text() for f in ("pyproject.toml", "requirements/test.txt", "requirements/tools.txt", requirements)])
     stamp = hashlib.sha256(stamp_text.encode()).hexdigest()
     stamp_file = path / ".dev-stamp"
     if bin_python.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
@@ -120,16 +133,37 @@ def available_targets(names: list[str]) -> list[str]:
     return chosen
 
 
+def lint(args: argparse.Namespace) -> int:
+    """ruff (lint and format), mypy and the packaging test, in a virtual environment of their own."""
+    python = ensure_venv(".venv-lint", sys.executable, "requirements/lint.txt")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FULLDBRESULT_VAR=str(ROOT / "var" / "lint"))
+    checks = {
+        "ruff check": ["ruff", "check"],
+        "ruff format": ["ruff", "format", "--check"],
+        "mypy": ["mypy"],
+        # The sdist, the wheel, twine check, the wheel alone in a new venv (needs build and twine: here).
+        "packaging": ["pytest", "-m", "packaging", "tests/test_packaging.py"],
+    }
+    failed = []
+    for name, command in checks.items():
+        if subprocess.run([str(python), "-m", *command], cwd=ROOT, env=env).returncode:
+            failed.append(name)
+    say(("lint FAILED: " + ", ".join(failed)) if failed else "lint passed")
+    return 1 if failed else 0
+
+
 def test(args: argparse.Namespace) -> int:
     failures = []
+    if IN_CI and lint(args):
+        failures.append("lint")
     if IN_CI:
         runs = []
-        for label, version, pins, targets in MATRIX:
+        for label, version, requirements, pins, targets in MATRIX:
             python = find_python(version)
             if python is None:
                 say(f"Python {version} is not installed: required in CI")
                 return 1
-            runs.append((label, ensure_venv(f".venv-{label}", python, "requirements/ci.txt", pins), targets))
+            runs.append((label, ensure_venv(f".venv-{label}", python, requirements, pins), targets))
     else:
         requirements = "requirements/ci.txt" if args.with_mysql else "requirements/test.txt"
         runs = [("local", ensure_venv(".venv", sys.executable, requirements), list(TARGETS))]
@@ -166,6 +200,7 @@ def main() -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="run the example project")
     demo_parser.add_argument("--no-serve", dest="serve", action="store_false", help="do not serve the admin at the end")
+    commands.add_parser("lint", help="run ruff, mypy and the packaging test (CI runs them before the tests)")
     test_parser = commands.add_parser("test", help="run the test suite")
     test_parser.add_argument("--target", action="append", choices=sorted(TARGETS), help="only this database/broker pair")
     test_parser.add_argument("--with-mysql", action="store_true", help="install the MySQL driver (needs libmariadb-dev)")
@@ -176,7 +211,7 @@ def main() -> int:
         argv, pytest_args = argv[:at], argv[at + 1 :]
     args = parser.parse_args(argv)
     args.pytest_args = pytest_args
-    return {"demo": demo, "test": test}[args.command](args)
+    return {"demo": demo, "test": test, "lint": lint}[args.command](args)
 
 
 if __name__ == "__main__":
