@@ -13,10 +13,11 @@ class FullDBResultConfig(AppConfig):
         from django.core.signals import request_finished, request_started
 
         from . import checks  # noqa: F401  (registers the system checks)
-        from .conf import map_old_ignore_result
+        from .conf import map_old_ignore_result, map_old_ignore_result_of_existing_apps
         from .publish import close_old_connections, on_before_task_publish
 
         # Celery 5.5 does not map the old CELERY_IGNORE_RESULT (see conf.py).
+        map_old_ignore_result_of_existing_apps()
         connect_on_app_finalize(map_old_ignore_result)
 
         # Connected always; the handler returns at once unless TRACK_PUBLISH

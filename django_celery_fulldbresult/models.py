@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from celery import states
-from django.db import models
+from django.db import models, router
 from django.utils.translation import gettext_lazy as _
 
 from .managers import TaskResultMetaManager
@@ -136,4 +136,5 @@ class TaskResultMeta(models.Model):
         """Send this task again; see :mod:`django_celery_fulldbresult.retry`."""
         from .retry import retry_records
 
-        return retry_records([self], force=force, app=app, using=self._state.db)
+        # Written where the router writes, not where this record was read from.
+        return retry_records([self], force=force, app=app, using=router.db_for_write(type(self), instance=self))

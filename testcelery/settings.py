@@ -16,6 +16,7 @@ DJANGO_CELERY_FULLDBRESULT_*  the app's settings, as JSON (tests use them to
 =========================  ==============================================
 """
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -44,6 +45,10 @@ INSTALLED_APPS = [
     "django_celery_fulldbresult",
     "testcelery",
 ]
+if importlib.util.find_spec("django_celery_beat") is None:
+    # The [beat] extra is optional, and django-celery-beat 2.9 does not
+    # install on Django 6.1: the project runs without it there.
+    INSTALLED_APPS.remove("django_celery_beat")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -122,6 +127,16 @@ elif _DB == "sqlite":
 else:
     raise ValueError(f"FULLDBRESULT_DB={_DB!r}: use sqlite, postgres or mysql")
 
+# A second database on the same server, for records kept apart with
+# DATABASE_ROUTERS (tests/test_routers.py turns a router on; nothing else
+# uses this alias, and its test database is made only for those tests).
+_results = DATABASES["results"] = {**DATABASES["default"], "TEST": dict(DATABASES["default"].get("TEST", {}))}
+if _DB == "sqlite":
+    _results["NAME"] = str(_sqlite_file.with_name(_sqlite_file.stem + "-results.sqlite3"))
+    _results["TEST"]["NAME"] = str(_sqlite_file.with_name("test_" + _sqlite_file.stem + "-results.sqlite3"))
+else:
+    _results["NAME"] = _results["NAME"] + "_results"
+
 # Celery: every name is a Celery setting with the CELERY_ prefix.
 _BROKER_DIR = VAR / "broker"
 CELERY_BROKER_URL = os.environ.get("FULLDBRESULT_BROKER", "fdrfs://")
@@ -154,6 +169,9 @@ DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH = True
 for _name, _value in os.environ.items():
     if _name.startswith("DJANGO_CELERY_FULLDBRESULT_"):
         globals()[_name] = json.loads(_value)
+    # Celery settings of a test's worker, as JSON: FULLDBRESULT_CELERY_ACCEPT_CONTENT='["json", "pickle"]'.
+    elif _name.startswith("FULLDBRESULT_CELERY_"):
+        globals()[_name.removeprefix("FULLDBRESULT_")] = json.loads(_value)
 
 LOGGING = {
     "version": 1,
