@@ -11,13 +11,15 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery import states
-from django.db import models
+from django.db import connections, models, router
 from django.db.models.functions import Cast
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from .conf import app_settings
 
 if TYPE_CHECKING:
+    from .models import TaskResultMeta  # noqa: F401  (the type parameter of the QuerySet below)
     from .retry import RetryReport
 
 #: What ``with_stale_kind()`` says of each stale record.
@@ -39,7 +41,7 @@ def stale_cutoff(max_duration: timedelta | None = None) -> Any:
     if max_duration is None:
         max_duration = app_settings.STALE_AFTER
     if max_duration < timedelta(0):
-        raise ValueError("max_duration must not be negative")
+        raise ValueError(_("max_duration must not be negative"))
     return timezone.now() - max_duration
 
 
@@ -56,7 +58,7 @@ def live_worker_hostnames(app: Any = None, timeout: float | None = None) -> set[
     return {name for reply in replies or () for name in reply}
 
 
-class TaskResultMetaQuerySet(models.QuerySet):  # type: ignore[type-arg]
+class TaskResultMetaQuerySet(models.QuerySet["TaskResultMeta"]):
     def get_stale_tasks(
         self,
         max_duration: timedelta | None = None,
@@ -90,7 +92,7 @@ class TaskResultMetaQuerySet(models.QuerySet):  # type: ignore[type-arg]
         if live_workers is None:
             started.append(models.When(status=states.STARTED, then=models.Value(STARTED_UNKNOWN)))
         else:
-            live = sorted(live_workers)  # type: ignore[arg-type]
+            live = sorted(live_workers)  # type: ignore[call-overload]
             started.append(models.When(status=states.STARTED, hostname__in=live, then=models.Value(RUNNING)))
             started.append(models.When(status=states.STARTED, then=models.Value(WORKER_GONE)))
         waiting = [states.PENDING, states.RECEIVED]
@@ -122,7 +124,13 @@ class TaskResultMetaQuerySet(models.QuerySet):  # type: ignore[type-arg]
         """Send each record's task again; see :mod:`django_celery_fulldbresult.retry`."""
         from .retry import retry_records
 
-        return retry_records(self, force=force, app=app, using=self.db)
+        return retry_records(self, force=force, app=app, using=self.write_alias())
+
+    def write_alias(self) -> str:
+        """Where this QuerySet's writes go: the router's write database (not a
+        read replica the records may be read from), unless ``.using()`` chose."""
+        chosen: str | None = getattr(self, "_db", None)
+        return chosen or router.db_for_write(self.model)
 
     def get_task(self, task_id: str) -> Any:
         return self.filter(task_id=task_id).first()
@@ -137,14 +145,66 @@ class TaskResultMetaQuerySet(models.QuerySet):  # type: ignore[type-arg]
         if not isinstance(expires, timedelta):
             expires = timedelta(seconds=expires)
         cutoff = timezone.now() - expires
-        expired = self.filter(status__in=sorted(states.READY_STATES), date_done__lt=cutoff)
+        alias = self.write_alias()
+        expired = self.using(alias).filter(status__in=sorted(states.READY_STATES), date_done__lt=cutoff)
         deleted = 0
         while True:
             batch = list(expired.order_by().values_list("pk", flat=True)[:batch_size])
             if not batch:
                 return deleted
-            deleted += self.filter(pk__in=batch)._raw_delete(self.db)  # type: ignore[attr-defined]
+            deleted += self.using(alias).filter(pk__in=batch)._raw_delete(alias)
 
+
+    def distinct_values(self, field: str, limit: int = 200) -> list[str]:
+        """The first ``limit`` distinct non-null values of ``task`` or ``status``, sorted.
+
+        Filters on the QuerySet are ignored: this is the admin's list of
+        names and states. A plain ``SELECT DISTINCT`` reads the whole table;
+        on PostgreSQL and SQLite a recursive query jumps from one value to
+        the next along the column's index instead (a loose index scan), so
+        it costs one index probe a value. MySQL/MariaDB do that for DISTINCT
+        on an indexed column by themselves.
+        """
+        if field not in ("task", "status"):
+            raise ValueError(_("distinct_values() reads only the indexed columns task and status"))
+        connection = connections[self.db]
+        if connection.vendor not in ("postgresql", "sqlite"):
+            query = self.model._default_manager.using(self.db).exclude(**{f"{field}__isnull": True})
+            return list(query.order_by(field).values_list(field, flat=True).distinct()[:limit])
+        quote = connection.ops.quote_name
+        column_name: str = getattr(self.model._meta.get_field(field), "column", field)
+        table, column = quote(self.model._meta.db_table), quote(column_name)
+        sql = (
+            f"WITH RECURSIVE v(value, n) AS ("
+            f" SELECT (SELECT MIN({column}) FROM {table}), 1"
+            f" UNION ALL"
+            f" SELECT (SELECT MIN({column}) FROM {table} WHERE {column} > v.value), v.n + 1"
+            f" FROM v WHERE v.value IS NOT NULL AND v.n < %s"
+            f") SELECT value FROM v WHERE value IS NOT NULL"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [limit])
+            return [row[0] for row in cursor.fetchall()]
+
+    def estimated_count(self) -> int | None:
+        """The planner's estimate of the table's row count (PostgreSQL), or None.
+
+        What the planner itself uses: the last ANALYZE's density times the
+        table's current size. None where there is no estimate (other
+        databases, a table never analyzed).
+        """
+        connection = connections[self.db]
+        if connection.vendor != "postgresql":
+            return None
+        sql = (
+            "SELECT CASE WHEN c.reltuples < 0 OR c.relpages = 0 THEN NULL ELSE"
+            " (c.reltuples / c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::int))::bigint END"
+            " FROM pg_class c WHERE c.oid = %s::regclass"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [connection.ops.quote_name(self.model._meta.db_table)])
+            row = cursor.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
 class TaskResultMetaManager(models.Manager.from_queryset(TaskResultMetaQuerySet)):  # type: ignore[misc]
     pass

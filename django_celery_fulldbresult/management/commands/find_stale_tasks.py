@@ -36,6 +36,8 @@ def _non_negative_number(text: str) -> float:
 
 
 class Command(BaseCommand):
+    # A plain string, as in Django's own commands: argparse needs str, and
+    # the options' help below is translated when the parser is built.
     help = (
         "List the tasks that have not reached a finished state and whose record has not changed for the given time "
         "(default: DJANGO_CELERY_FULLDBRESULT_STALE_AFTER, one hour)."
@@ -44,28 +46,28 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         for unit in UNITS:
             parser.add_argument(
-                f"--{unit}", type=_non_negative_number, default=0, help=f"Add this many {unit} to the window."
+                f"--{unit}", type=_non_negative_number, default=0, help=_("Add this many %(unit)s to the window.") % {"unit": unit}
             )
         parser.add_argument(
             "--terminal-state",
             action="append",
             dest="terminal_states",
             metavar="STATE",
-            help="A state that counts as finished (repeatable). Default: SUCCESS, FAILURE and REVOKED.",
+            help=_("A state that counts as finished (repeatable). Default: SUCCESS, FAILURE and REVOKED."),
         )
-        parser.add_argument("--task", action="append", dest="task_names", metavar="NAME", help="Only tasks of this name (repeatable).")
-        parser.add_argument("--queue", action="append", dest="queues", metavar="QUEUE", help="Only tasks sent to this queue (repeatable).")
+        parser.add_argument("--task", action="append", dest="task_names", metavar="NAME", help=_("Only tasks of this name (repeatable)."))
+        parser.add_argument("--queue", action="append", dest="queues", metavar="QUEUE", help=_("Only tasks sent to this queue (repeatable)."))
         parser.add_argument(
-            "--format", choices=("text", "json"), default="text", help="text (the default) or json: one JSON document."
+            "--format", choices=("text", "json"), default="text", help=_("text (the default) or json: one JSON document.")
         )
         parser.add_argument(
             "--kind",
             action="store_true",
-            help="In text mode, add why each task is stale (asks the workers which of them are alive).",
+            help=_("In text mode, add why each task is stale (asks the workers which of them are alive)."),
         )
-        parser.add_argument("--retry", action="store_true", help="Send each stale task again (once: a record already retried is skipped).")
-        parser.add_argument("--fail-if-found", action="store_true", help="Exit with status 1 when stale tasks are found.")
-        parser.add_argument("--limit", type=int, default=None, help="List at most this many tasks (the oldest first).")
+        parser.add_argument("--retry", action="store_true", help=_("Send each stale task again (once: a record already retried is skipped)."))
+        parser.add_argument("--fail-if-found", action="store_true", help=_("Exit with status 1 when stale tasks are found."))
+        parser.add_argument("--limit", type=int, default=None, help=_("List at most this many tasks (the oldest first)."))
 
     def window(self, options: dict[str, Any]) -> timedelta:
         if not any(options[unit] for unit in UNITS):
@@ -124,7 +126,7 @@ class Command(BaseCommand):
         return report
 
     def write_text(self, records: list[TaskResultMeta], with_kind: bool, retried: Any) -> None:
-        self.stdout.write("Stale tasks:")
+        self.stdout.write(_("Stale tasks:"))
         for record in records:
             when = record.date_submitted or record.date_done
             line = f"  {when} - {record.task_id}: {record.task}"
