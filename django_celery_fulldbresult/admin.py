@@ -1,12 +1,410 @@
-"""The admin of task records (extended by the admin work: retry, stale filter, task pages)."""
+"""The admin of task records: a read-only list and task page, retry, the stale filter.
 
-from django.contrib import admin
+Built to stay fast on tables of millions of rows: no full ``COUNT(*)``
+(see :class:`EstimatedCountPaginator`), filter choices read along an index
+(``distinct_values``), a search that uses the indexes, and a changelist
+that reads only the columns it shows.
+"""
 
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from celery import current_app, states
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import URLPattern, path, reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+from django.views.decorators.http import require_POST
+
+from . import managers
+from .conf import app_settings
 from .models import TaskResultMeta
+from .retry import RetryReport, retry_records
+from .serialization import clean_text, decode_result
+
+#: Exact counts stop here; the list pages stop here too (filter or search to go further back).
+COUNT_CAP = 10_000
+#: How many task names and states the filters offer.
+FILTER_CHOICES = 300
+#: How many new ids a message lists before "...".
+IDS_IN_MESSAGE = 20
+#: Raw text longer than this is cut on the task page when it cannot be decoded.
+RAW_TEXT_LIMIT = 20_000
+#: The columns the changelist reads (never the arguments, result or traceback).
+LIST_COLUMNS = ("id", "task_id", "task", "status", "date_submitted", "date_done", "eta")
+
+
+class EstimatedCountPaginator(Paginator):  # type: ignore[type-arg]
+    """A paginator that never counts the whole table.
+
+    Unfiltered on PostgreSQL, the count is the planner's estimate; otherwise
+    rows are counted up to ``COUNT_CAP`` (a ``LIMIT``-ed count). Pages stop
+    at ``COUNT_CAP`` rows: deep ``OFFSET`` pages would read the table too.
+    """
+
+    cap = COUNT_CAP
+    estimated = False
+    capped = False
+
+    @cached_property
+    def count(self) -> int:
+        queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
+        if not queryset.query.where:
+            estimate = queryset.model.objects.using(queryset.db).estimated_count()
+            if estimate is not None and estimate > self.cap:
+                self.estimated = True
+                return int(estimate)
+        counted = int(queryset.order_by()[: self.cap + 1].count())
+        if counted > self.cap:
+            self.capped = True
+        return counted
+
+    @cached_property
+    def num_pages(self) -> int:
+        pages = super().num_pages
+        return min(pages, max(1, self.cap // self.per_page))
+
+
+class StateFilter(admin.SimpleListFilter):
+    title = _("state")
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, value) for value in TaskResultMeta.objects.distinct_values("status", FILTER_CHOICES)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(status=self.value()) if self.value() else queryset
+
+
+class TaskNameFilter(admin.SimpleListFilter):
+    title = _("task name")
+    parameter_name = "task"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, value) for value in TaskResultMeta.objects.distinct_values("task", FILTER_CHOICES)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(task=self.value()) if self.value() else queryset
+
+
+NO_PING = _(
+    "The workers could not be asked whether they are alive (is the broker reachable?): "
+    "every stale started task is listed."
+)
+
+
+class StaleFilter(admin.SimpleListFilter):
+    """Unfinished tasks unchanged for ``STALE_AFTER``, and why (the kinds of ``with_stale_kind``)."""
+
+    title = _("stale")
+    parameter_name = "stale"
+    ALL = "all"
+    #: Telling these apart asks the workers (a ping): only done when chosen.
+    ASK_WORKERS = (managers.WORKER_GONE, managers.RUNNING)
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [
+            (self.ALL, _("Stale (all)")),
+            (managers.NEVER_STARTED, _("Never started")),
+            (managers.WAITING_ETA, _("Waiting for its ETA")),
+            (managers.WAITING_RETRY, _("Waiting for a retry")),
+            (managers.WORKER_GONE, _("Started, worker gone")),
+            (managers.RUNNING, _("Started, worker alive")),
+            (managers.OTHER, _("Other state")),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        kind = self.value()
+        if not kind:
+            return queryset
+        stale = queryset.get_stale_tasks()  # type: ignore[attr-defined]
+        if kind == self.ALL:
+            return stale  # type: ignore[no-any-return]
+        if kind in self.ASK_WORKERS:
+            live = managers.live_worker_hostnames()
+            if live is None:
+                messages.warning(request, NO_PING)
+                return stale.filter(status=states.STARTED)  # type: ignore[no-any-return]
+            return stale.with_stale_kind(live_workers=live).filter(stale_kind=kind)  # type: ignore[no-any-return]
+        # The other kinds do not depend on the workers: do not ping them.
+        return stale.with_stale_kind(live_workers=()).filter(stale_kind=kind)  # type: ignore[no-any-return]
+
+
+class TaskResultChangeList(ChangeList):
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
+        # Arguments, results and tracebacks can be large: the list reads none of them.
+        return super().get_queryset(request, exclude_parameters).only(*LIST_COLUMNS)
+
+    def get_ordering(self, request: HttpRequest, queryset: QuerySet[Any]) -> list[Any]:
+        """Order by the chosen column, then by what its index holds next, all one way.
+
+        The admin breaks ties by ``-pk``: sorted by name ascending that is
+        ``task, id DESC``, which no index serves, and the database sorts a
+        whole name's rows for one page. ``task, date_done, id`` in one
+        direction walks the (task, date_done) index.
+        """
+        ordering = super().get_ordering(request, queryset)
+        first = ordering[0] if ordering else None
+        if not isinstance(first, str) or first.lstrip("-") in ("task_id", "pk", "id"):
+            return ordering
+        sign = "-" if first.startswith("-") else ""
+        then = [sign + "date_done"] if first.lstrip("-") in ("task", "status") else []
+        return [first, *then, sign + "pk"]
+
+
+def pretty_json(text: str | None) -> str:
+    """Indented JSON for a stored JSON text; the text itself when it is not JSON."""
+    if text is None or text == "":
+        return ""
+    try:
+        # clean_text: a lone surrogate (from undecodable bytes) cannot be sent in a page.
+        return clean_text(json.dumps(json.loads(text), indent=2, ensure_ascii=False, sort_keys=True)) or ""
+    except ValueError:
+        return str(_("(not valid JSON, shown as stored)")) + "\n" + text[:RAW_TEXT_LIMIT]
+
+
+def pretty_value(value: Any) -> str:
+    try:
+        return clean_text(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=repr)) or ""
+    except Exception:  # a value even repr() fails on must not break the page
+        return str(_("(a value that cannot be shown)"))
 
 
 @admin.register(TaskResultMeta)
 class TaskResultMetaAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("task_id", "task", "date_submitted", "date_done", "status", "eta")
-    list_filter = ("status",)
+    list_display = ("task_id", "task", "date_submitted", "date_done", "state", "eta_display")
+    list_display_links = ("task_id",)
+    list_filter = (StateFilter, TaskNameFilter, StaleFilter)
     search_fields = ("task_id", "task")
+    search_help_text = _("A task id (or its beginning), or a part of a task name.")
+    ordering = ("-date_done",)
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    actions = ("retry_tasks", "force_retry_tasks")
+    change_form_template = "admin/django_celery_fulldbresult/taskresultmeta/change_form.html"
+    fieldsets = (
+        (None, {"fields": ("task_id", "task", "status", "periodic_task_name", "not_retryable_reason")}),
+        (_("Arguments"), {"fields": ("args_display", "kwargs_display")}),
+        (_("Result"), {"fields": ("result_display", "traceback_display", "children_display")}),
+        (_("Timing"), {"fields": ("date_submitted", "date_started", "date_done", "runtime", "eta", "expires")}),
+        (_("Routing"), {"fields": ("hostname", "queue", "exchange", "routing_key", "priority")}),
+        (
+            _("Lineage"),
+            {"fields": ("retry_of_link", "retried_as_link", "retries", "parent_link", "root_link", "group_id")},
+        ),
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [name for _title, options in self.fieldsets for name in options["fields"] if isinstance(name, str)]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A record is what happened: it is viewed, retried or deleted, never edited.
+        return False
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(f"{self.opts.app_label}.retry_taskresultmeta"))
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return TaskResultChangeList
+
+    # -- search ---------------------------------------------------------------
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        """Each word matches a task id exactly or by its beginning, or a part of a task name.
+
+        ``icontains`` on task ids would read the whole table. A range on the
+        unique index finds an id by its beginning; names are matched against
+        the list of distinct names, then found through the (task, date_done)
+        index.
+        """
+        words = search_term.split()
+        if not words:
+            return queryset, False
+        names = TaskResultMeta.objects.using(queryset.db).distinct_values("task", 10 * FILTER_CHOICES)
+        for word in words:
+            matching_names = [name for name in names if word.lower() in name.lower()]
+            condition = _id_prefix(word)
+            if matching_names:
+                condition |= Q(task__in=matching_names)
+            queryset = queryset.filter(condition)
+        return queryset, False
+
+    # -- list columns ---------------------------------------------------------
+
+    @admin.display(description=_("state"), ordering="status")
+    def state(self, record: TaskResultMeta) -> str:
+        return format_html('<span class="fdr-state fdr-state-{}">{}</span>', record.status, record.status)
+
+    @admin.display(description=_("ETA"))
+    def eta_display(self, record: TaskResultMeta) -> Any:
+        # Not sortable: no index on eta, and sorting a large table by it is slow.
+        return record.eta
+
+    # -- task page ------------------------------------------------------------
+
+    @admin.display(description=_("positional arguments"))
+    def args_display(self, record: TaskResultMeta) -> str:
+        return format_html("<pre>{}</pre>", pretty_json(record.args))
+
+    @admin.display(description=_("keyword arguments"))
+    def kwargs_display(self, record: TaskResultMeta) -> str:
+        return format_html("<pre>{}</pre>", pretty_json(record.kwargs))
+
+    @admin.display(description=_("result"))
+    def result_display(self, record: TaskResultMeta) -> str:
+        if record.encoded_result in (None, ""):
+            return "-"
+        try:
+            value = decode_result(
+                current_app.backend, record.content_type, record.content_encoding, record.encoded_result
+            )
+        except Exception as exc:  # refused (pickle not accepted) or corrupt: show it, never fail
+            note = _("Cannot be decoded (%(type)s, %(error)s). Stored text:") % {
+                "type": record.content_type,
+                "error": exc,
+            }
+            return format_html("<p>{}</p><pre>{}</pre>", note, record.encoded_result[:RAW_TEXT_LIMIT])
+        return format_html("<pre>{}</pre>", pretty_value(value))
+
+    @admin.display(description=_("traceback"))
+    def traceback_display(self, record: TaskResultMeta) -> str:
+        return format_html("<pre>{}</pre>", record.traceback) if record.traceback else "-"
+
+    @admin.display(description=_("children"))
+    def children_display(self, record: TaskResultMeta) -> str:
+        return format_html("<pre>{}</pre>", pretty_json(record.meta)) if record.meta else "-"
+
+    @admin.display(description=_("run time"))
+    def runtime(self, record: TaskResultMeta) -> Any:
+        if record.date_started and record.date_done and record.is_finished:
+            return record.date_done - record.date_started
+        return "-"
+
+    def _task_link(self, task_id: str | None) -> str:
+        """A link to the record of ``task_id`` when it is stored here, else the id as text."""
+        if not task_id:
+            return "-"
+        pk = TaskResultMeta.objects.filter(task_id=task_id).values_list("pk", flat=True).first()
+        if pk is None:
+            return task_id
+        url = reverse(f"{self.admin_site.name}:django_celery_fulldbresult_taskresultmeta_change", args=[pk])
+        return format_html('<a href="{}">{}</a>', url, task_id)
+
+    @admin.display(description=_("retry of"))
+    def retry_of_link(self, record: TaskResultMeta) -> str:
+        return self._task_link(record.retry_of)
+
+    @admin.display(description=_("retried as"))
+    def retried_as_link(self, record: TaskResultMeta) -> str:
+        return self._task_link(record.retried_as)
+
+    @admin.display(description=_("parent"))
+    def parent_link(self, record: TaskResultMeta) -> str:
+        return self._task_link(record.parent_id)
+
+    @admin.display(description=_("root"))
+    def root_link(self, record: TaskResultMeta) -> str:
+        return self._task_link(record.root_id if record.root_id != record.task_id else None)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        extra_context = dict(extra_context or {}, has_retry_permission=self.has_retry_permission(request))
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    # -- retry ----------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        retry = self.admin_site.admin_view(require_POST(self.retry_view))
+        info = self.opts.app_label, self.opts.model_name
+        return [path("<path:object_id>/retry/", retry, name="%s_%s_retry" % info), *super().get_urls()]
+
+    def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The task page's "Retry" button: send this one task again."""
+        if not self.has_retry_permission(request):
+            raise PermissionDenied
+        record = self.get_object(request, object_id)
+        if record is None:
+            raise Http404
+        self.report_retry(request, retry_records([record], force=request.POST.get("force") == "1"))
+        url = reverse(f"{self.admin_site.name}:django_celery_fulldbresult_taskresultmeta_change", args=[record.pk])
+        return HttpResponseRedirect(url)
+
+    @admin.action(description=_("Retry Tasks"), permissions=["retry"])
+    def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self.report_retry(request, retry_records(queryset.defer(None), force=False))
+
+    @admin.action(description=_("Retry Tasks, even if already retried"), permissions=["retry"])
+    def force_retry_tasks(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self.report_retry(request, retry_records(queryset.defer(None), force=True))
+
+    def report_retry(self, request: HttpRequest, report: RetryReport) -> None:
+        if report.sent:
+            count = len(report.sent)
+            message = ngettext(
+                "Sent %(count)d task again, as: %(ids)s",
+                "Sent %(count)d tasks again, as: %(ids)s",
+                count,
+            ) % {"count": count, "ids": _id_list(report.sent.values())}
+            self.message_user(request, message, messages.SUCCESS)
+        if report.refused:
+            count = len(report.refused)
+            reasons = "; ".join(
+                f"{task_id}: {reason}" for task_id, reason in list(report.refused.items())[:IDS_IN_MESSAGE]
+            )
+            message = ngettext(
+                "%(count)d task was not sent: %(reasons)s",
+                "%(count)d tasks were not sent: %(reasons)s",
+                count,
+            ) % {"count": count, "reasons": reasons}
+            self.message_user(request, message, messages.WARNING)
+
+
+def _id_prefix(word: str) -> Q:
+    """Task ids that begin with ``word``, as a range the unique index serves.
+
+    ``LIKE 'abc%'`` alone cannot use a PostgreSQL index outside the C
+    collation; the range can, and ``startswith`` keeps the match exact.
+    Trailing punctuation is left out of the bounds: some collations ignore
+    it when comparing.
+    """
+    stem = word.rstrip("-_.:")
+    if not stem or ord(stem[-1]) >= 0x10FFFF:
+        return Q(task_id=word)
+    upper = stem[:-1] + chr(ord(stem[-1]) + 1)
+    return Q(task_id__gte=stem, task_id__lt=upper, task_id__startswith=word)
+
+
+def _id_list(ids: Any) -> str:
+    ids = list(ids)
+    shown = ", ".join(ids[:IDS_IN_MESSAGE])
+    return shown + (", ..." if len(ids) > IDS_IN_MESSAGE else "")
+
+
+def _install_beat_override() -> None:
+    # Read once, when the admin is loaded: a change needs a restart. Beat is
+    # imported only when it is installed (checks.E003 reports the rest).
+    from django.apps import apps
+
+    if app_settings.OVERRIDE_DJCELERY_ADMIN and apps.is_installed("django_celery_beat"):
+        from .admin_beat import install
+
+        install(admin.site)
+
+
+_install_beat_override()
