@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from celery import states
 from django.core.management import CommandError, call_command
+from django.test.utils import override_settings
 from django.utils import timezone
 
 from django_celery_fulldbresult.managers import NEVER_STARTED
@@ -138,7 +139,11 @@ def test_fail_if_found_exits_1_for_cron_jobs_and_probes() -> None:
 def test_retry_sends_each_stale_task_once(worker: Any) -> None:
     make("lost-1", "testcelery.tasks.add", queue="celery")
     make("lost-2", "testcelery.tasks.add", queue="celery")
-    output = run("--hours", "1", "--retry")
+    make("slow", "testcelery.tasks.add", states.STARTED, hostname=worker.hostname)
+    with override_settings(DJANGO_CELERY_FULLDBRESULT_WORKER_PING_TIMEOUT=5):
+        output = run("--hours", "1", "--retry")
+    assert "Retried slow" not in output
+    assert not TaskResultMeta.objects.filter(retry_of="slow").exists()
     assert "Retried lost-1 as " in output and "Retried lost-2 as " in output
     new_ids = TaskResultMeta.objects.filter(retry_of__in=["lost-1", "lost-2"]).values_list("task_id", flat=True)
     assert len(new_ids) == 2
@@ -146,6 +151,8 @@ def test_retry_sends_each_stale_task_once(worker: Any) -> None:
     assert {r.result for r in TaskResultMeta.objects.filter(task_id__in=new_ids)} == {3}
 
     err = StringIO()
-    call_command("find_stale_tasks", "--hours", "1", "--retry", stdout=StringIO(), stderr=err)
+    with override_settings(DJANGO_CELERY_FULLDBRESULT_WORKER_PING_TIMEOUT=5):
+        call_command("find_stale_tasks", "--hours", "1", "--retry", stdout=StringIO(), stderr=err)
     assert "Not retried lost-1: already retried as" in err.getvalue()
+    assert "Not retried slow: not lost (running): not sent again" in err.getvalue()
     assert TaskResultMeta.objects.filter(retry_of__in=["lost-1", "lost-2"]).count() == 2

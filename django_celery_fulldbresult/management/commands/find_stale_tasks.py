@@ -12,11 +12,15 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from ...conf import app_settings
-from ...managers import STALE_KINDS
+from ...managers import NEVER_STARTED, STALE_KINDS, WAITING_ETA, WAITING_RETRY, WORKER_GONE
 from ...models import TaskResultMeta
-from ...retry import retry_records
+from ...retry import RetryReport, retry_records
 
 UNITS = ("weeks", "days", "hours", "minutes", "seconds", "microseconds")
+#: The kinds of stale task --retry sends again: those that will never finish by
+#: themselves. A task running on a live worker (slow, not lost), or STARTED
+#: when no worker could be asked, is not sent twice.
+RETRYABLE_KINDS = frozenset({NEVER_STARTED, WORKER_GONE, WAITING_RETRY, WAITING_ETA})
 #: Larger windows than this are a typo, not a question.
 MAX_WINDOW = timedelta(days=365 * 100)
 
@@ -65,7 +69,10 @@ class Command(BaseCommand):
             action="store_true",
             help=_("In text mode, add why each task is stale (asks the workers which of them are alive)."),
         )
-        parser.add_argument("--retry", action="store_true", help=_("Send each stale task again (once: a record already retried is skipped)."))
+        parser.add_argument("--retry", action="store_true", help=_(
+                "Send again each stale task that is lost (never started, worker gone, waiting for a retry or an "
+                "ETA long past), once: a record already retried is skipped, a task running on a live worker too."
+            ))
         parser.add_argument("--fail-if-found", action="store_true", help=_("Exit with status 1 when stale tasks are found."))
         parser.add_argument("--limit", type=int, default=None, help=_("List at most this many tasks (the oldest first)."))
 
@@ -94,13 +101,13 @@ class Command(BaseCommand):
             stale = stale.filter(task__in=options["task_names"])
         if options["queues"]:
             stale = stale.filter(queue__in=options["queues"])
-        want_kind = options["format"] == "json" or options["kind"]
+        want_kind = options["format"] == "json" or options["kind"] or options["retry"]
         if want_kind:
             stale = stale.with_stale_kind()
         if options["limit"]:
             stale = stale[: options["limit"]]
         records = list(stale)
-        retried = retry_records(records, progress=self.progress(len(records))) if options["retry"] and records else None
+        retried = self.retry(records) if options["retry"] and records else None
         if options["format"] == "json":
             self.write_json(records, window, retried)
         else:
@@ -111,6 +118,17 @@ class Command(BaseCommand):
                 % {"count": len(records)},
                 returncode=1,
             )
+
+    def retry(self, records: list[TaskResultMeta]) -> RetryReport:
+        """Send again the stale tasks that are lost; a task still running is not sent twice."""
+        lost = [r for r in records if r.stale_kind in RETRYABLE_KINDS]  # type: ignore[attr-defined]
+        report = retry_records(lost, progress=self.progress(len(lost)))
+        for record in records:
+            if record.stale_kind not in RETRYABLE_KINDS:  # type: ignore[attr-defined]
+                report.refused[record.task_id] = _("not lost (%(kind)s): not sent again") % {
+                    "kind": record.stale_kind  # type: ignore[attr-defined]
+                }
+        return report
 
     def progress(self, total: int) -> Any:
         if total < 100 or not self.stderr.isatty():
