@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from celery.utils.serialization import b64decode, b64encode
 from celery.utils.time import maybe_iso8601
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -107,13 +108,20 @@ def encode_arguments(args: Any, kwargs: Any) -> EncodedArguments:
 
 
 def as_datetime(value: Any) -> datetime | None:
-    """A datetime from a message's ISO 8601 text, aware (UTC when naive)."""
+    """A datetime from a message's ISO 8601 text, as the project stores them.
+
+    Aware (a naive one is UTC, as Celery reads it) with ``USE_TZ = True``;
+    naive, in the current time zone, with ``USE_TZ = False``, where SQLite
+    and MySQL refuse aware datetimes.
+    """
     if value is None or value == "":
         return None
     if not isinstance(value, datetime):
         value = maybe_iso8601(value)
     if timezone.is_naive(value):
         value = timezone.make_aware(value, dt_timezone.utc)
+    if not settings.USE_TZ:
+        return timezone.make_naive(value)
     return value  # type: ignore[no-any-return]
 
 
@@ -152,7 +160,7 @@ def encode_result(backend: Backend, result: Any) -> EncodedResult:
         return EncodedResult(JSON_CONTENT_TYPE, "utf-8", None)
     if app_settings.USE_JSON:
         if isinstance(result, BaseException):
-            result = backend.prepare_exception(result, "json")
+            result = backend.prepare_exception(result, "json")  # type: ignore[arg-type]
         try:
             text = json.dumps(result, cls=DjangoJSONEncoder, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -160,7 +168,7 @@ def encode_result(backend: Backend, result: Any) -> EncodedResult:
                 raise EncodeError(_not_json_message(result)) from exc
             text = json.dumps({"value": clean_text(safe_str(result)), "forced_json": True})
         return EncodedResult(JSON_CONTENT_TYPE, "utf-8", text)
-    content_type, content_encoding, payload = backend._encode(result)
+    content_type, content_encoding, payload = backend._encode(result)  # type: ignore[attr-defined]
     if content_encoding == "binary":
         payload = b64encode(payload)
     if isinstance(payload, bytes):
@@ -179,10 +187,10 @@ def decode_result(backend: Backend, content_type: str, content_encoding: str, te
         return None
     payload: str | bytes = text
     if content_encoding == "binary":
-        payload = b64decode(text)
+        payload = b64decode(text)  # type: ignore[arg-type]  # it takes str too
     return kombu_loads(
         payload,
         content_type=content_type or JSON_CONTENT_TYPE,
         content_encoding=content_encoding or "utf-8",
-        accept=backend.accept,
+        accept=backend.accept,  # type: ignore[attr-defined]
     )

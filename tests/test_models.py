@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from io import StringIO
 from typing import Any
 
@@ -191,3 +191,12 @@ def test_forget_deletes_the_record() -> None:
     backend.store_result("t1", 1, states.SUCCESS)
     app.AsyncResult("t1").forget()
     assert not TaskResultMeta.objects.filter(task_id="t1").exists()
+
+
+@override_settings(USE_TZ=False)
+def test_etas_are_stored_in_projects_without_time_zones() -> None:
+    eta = "2031-01-02T03:04:05+00:00"
+    backend.store_result("t1", None, states.STARTED, request=Request("t1", eta=eta, expires=eta))
+    record = TaskResultMeta.objects.get(task_id="t1")
+    assert record.eta is not None and timezone.is_naive(record.eta)
+    assert record.eta == timezone.make_naive(datetime.fromisoformat(eta))
