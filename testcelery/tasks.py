@@ -86,3 +86,18 @@ def kill_once(marker: str) -> str:
         open(marker, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
     return "survived"
+
+
+#: A 300-character task name: names this long must be stored whole.
+LONG_NAME = "testcelery.tasks.long_name_" + "x" * (300 - len("testcelery.tasks.long_name_"))
+
+
+@shared_task(name=LONG_NAME)
+def long_name(x: int) -> int:
+    return x
+
+
+@shared_task
+def log_in(user: str, password: str = "", token: str = "") -> str:
+    """Take secrets as keyword arguments (REDACT_KWARGS) and return none of them."""
+    return user
