@@ -1,6 +1,6 @@
 """Faults on real processes: a worker killed, a pool process killed, the database connection lost.
 
-What each test shows is listed in ``docs/guarantees.rst``.
+What each test shows is listed in the README's "Guarantees".
 """
 
 from __future__ import annotations
@@ -159,8 +159,8 @@ def test_postgres_restarted_while_a_worker_runs_loses_nothing(start_worker: Any)
 
 
 def test_the_guarantees_name_only_tests_that_exist() -> None:
-    """docs/guarantees.rst (the README's "Guarantees") cites each promise's test by name."""
-    text = (Path(__file__).resolve().parent.parent / "docs" / "guarantees.rst").read_text()
+    """The README's "Guarantees" cites each promise's test by name."""
+    text = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
     cited = re.findall(r"``(test_\w+\.py)::(test_\w+)``", text)
     assert len(cited) >= 20
     for module, name in cited:

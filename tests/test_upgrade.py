@@ -24,7 +24,7 @@ from django_celery_fulldbresult.models import TaskResultMeta
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "manual_upgrading.rst"
+DOC = Path(__file__).resolve().parent.parent / "README.rst"
 APP = "django_celery_fulldbresult"
 OLD_MIGRATIONS = [
     "0001_initial",
