@@ -21,6 +21,32 @@ Choices, and why:
 * If the write fails, the error is logged and the task is published all the
   same: a task is never lost because its record could not be written. The
   worker's own writes then create the record.
+* Groups: one write per message is one round-trip per member. Inside
+  :func:`batch` the records are kept and written together, in one statement
+  (per :data:`BATCH_SIZE` records), when the block exits — normally or by an
+  exception::
+
+      with publish.batch():
+          group(add.s(i, i) for i in range(100)).apply_async()
+
+  Why a block, and why the records are written at its end: Celery has no
+  hook at the end of a group's publication (``group.apply_async`` publishes
+  member after member, each through ``before_task_publish``, and nothing
+  fires after the last), and the rows cannot be known before the messages
+  are built: a member's routing, ETA, expiry and merged arguments are set by
+  ``amqp.send_task_message`` as each one is sent, and members may be chains
+  or chords. So the messages go out first and their records follow within
+  the block's duration. That order is safe: a worker that runs a task first
+  writes its own record, which the insert-if-absent write never overwrites
+  (that record then has no ``date_submitted``: keep the block around the
+  sending only);
+  the records are written before the block exits, and after every
+  :data:`BATCH_SIZE` messages, so a process that goes on running never keeps
+  one unwritten; a failed write is logged, as outside a block. Only a process
+  killed inside the block loses the PENDING records of the messages it sent
+  in it (their tasks' records are still written by the worker that runs them).
+  The retry module needs no block: it knows the rows before it sends, and
+  writes them first.
 """
 
 from __future__ import annotations
@@ -164,6 +190,40 @@ def already_recorded(task_ids: Sequence[str]) -> Iterator[None]:
         _local.recorded = previous
 
 
+#: Records written per statement by :func:`batch` (well under the parameter
+#: limits of every database: 22 columns × 500 rows).
+BATCH_SIZE = 500
+
+
+@contextmanager
+def batch() -> Iterator[None]:
+    """Write the publish records of the messages sent in this block together (see the module docstring).
+
+    Blocks nest: the outermost one writes. Each thread has its own.
+    """
+    if getattr(_local, "buffer", None) is not None:
+        yield
+        return
+    _local.buffer = []
+    try:
+        yield
+    finally:
+        rows, _local.buffer = _local.buffer, None
+        _write_batch(rows)
+
+
+def _write_batch(rows: list[dict[str, Any]]) -> None:
+    # One row per task id: a statement that met the same key twice would fail
+    # (PostgreSQL's ON CONFLICT); the later publication is the one that counts.
+    unique = list({row["task_id"]: row for row in rows}.values())
+    for start in range(0, len(unique), BATCH_SIZE):
+        chunk = unique[start : start + BATCH_SIZE]
+        try:
+            write_records(chunk)
+        except Exception:
+            logger.exception("Could not record the publication of %d tasks", len(chunk))
+
+
 def on_before_task_publish(
     sender: Any = None,
     body: Any = None,
@@ -178,10 +238,20 @@ def on_before_task_publish(
     if not app_settings.TRACK_PUBLISH:
         return
     try:
+        recorded = getattr(_local, "recorded", ())
+        if recorded and (headers or {}).get("id") in recorded:
+            return  # checked first: the retry module sends thousands of these
         row = published_row(body, exchange, routing_key, headers or {}, properties or {}, declare)
-        if row is None or row["task_id"] in getattr(_local, "recorded", ()):
+        if row is None or row["task_id"] in recorded:
             return
-        write_records([row])
+        buffer = getattr(_local, "buffer", None)
+        if buffer is None:
+            write_records([row])
+            return
+        buffer.append(row)
+        if len(buffer) >= BATCH_SIZE:
+            _local.buffer = []
+            _write_batch(buffer)
     except Exception:
         # Publishing goes on: the worker's writes will create the record.
         logger.exception("Could not record the publication of task %s", (headers or {}).get("id"))

@@ -9,17 +9,22 @@ extends (its ``GroupResult`` and ``ChordCounter`` models), so
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import states
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
 from django.db.utils import InterfaceError, OperationalError
 from django.utils import timezone
+from django.utils.translation import gettext
 from django_celery_results.backends.database import DatabaseBackend
 
-from .models import TaskResultMeta
 from .serialization import as_datetime, clean_text, decode_arguments, decode_result, encode_arguments, encode_result
 from .upsert import store_state
+
+if TYPE_CHECKING:
+    from .models import TaskResultMeta
 
 #: What a dropped or refused database connection raises through Django, with
 #: psycopg 3, psycopg2, mysqlclient and sqlite3 alike.
@@ -41,10 +46,33 @@ def queue_from_delivery(delivery_info: dict[str, Any]) -> str | None:
     return None
 
 
+def task_model() -> type[TaskResultMeta]:
+    """The record model, imported when a backend is made, not when this module is imported.
+
+    So a project that names this backend without installing the app gets
+    this message (and the system check E001) instead of Django's model error.
+    """
+    if apps.apps_ready and not apps.is_installed("django_celery_fulldbresult"):
+        raise ImproperlyConfigured(
+            gettext(
+                "CELERY_RESULT_BACKEND is django-celery-fulldbresult's DatabaseResultBackend, but "
+                "'django_celery_fulldbresult' is not in INSTALLED_APPS: add it (and 'django_celery_results'), "
+                "then run migrate."
+            )
+        )
+    from .models import TaskResultMeta
+
+    return TaskResultMeta
+
+
 class DatabaseResultBackend(DatabaseBackend):
     """A result backend that keeps the task's name, real arguments, routing and timing."""
 
-    TaskModel = TaskResultMeta
+    TaskModel: type[TaskResultMeta]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.TaskModel = task_model()
+        super().__init__(*args, **kwargs)
 
     def exception_safe_to_retry(self, exc: Exception) -> bool:
         """A dropped database connection is safe to retry on a new one.
@@ -58,7 +86,7 @@ class DatabaseResultBackend(DatabaseBackend):
         return super().exception_safe_to_retry(exc)  # type: ignore[no-any-return]
 
     def _close_broken_connection(self, alias: str | None = None) -> None:
-        connection = connections[alias or router.db_for_write(TaskResultMeta)]
+        connection = connections[alias or router.db_for_write(self.TaskModel)]
         if not connection.in_atomic_block:
             connection.close()
 
@@ -113,7 +141,7 @@ class DatabaseResultBackend(DatabaseBackend):
     ) -> Any:
         """Write the task's state in one statement (see :mod:`.upsert`)."""
         row = self._state_row(task_id, result, state, traceback, request)
-        alias = using or router.db_for_write(TaskResultMeta)
+        alias = using or router.db_for_write(self.TaskModel)
         try:
             store_state(connections[alias], row)
         except CONNECTION_ERRORS:
@@ -127,13 +155,13 @@ class DatabaseResultBackend(DatabaseBackend):
         return result
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
-        record = TaskResultMeta.objects.using(router.db_for_read(TaskResultMeta)).filter(task_id=task_id).first()
+        record = self.TaskModel.objects.using(router.db_for_read(self.TaskModel)).filter(task_id=task_id).first()
         if record is None:
             return {"task_id": task_id, "status": states.PENDING, "result": None, "traceback": None, "children": []}
         try:
             args, kwargs = decode_arguments(record.args, record.kwargs)
         except ValueError:
-            args, kwargs = record.args, record.kwargs  # type: ignore[assignment]
+            args, kwargs = record.args, record.kwargs
         meta = {
             "task_id": record.task_id,
             "status": record.status,
@@ -153,11 +181,11 @@ class DatabaseResultBackend(DatabaseBackend):
         return self.meta_from_decoded(meta)  # type: ignore[no-any-return]
 
     def _forget(self, task_id: str) -> None:
-        TaskResultMeta.objects.using(router.db_for_write(TaskResultMeta)).filter(task_id=task_id).delete()
+        self.TaskModel.objects.using(router.db_for_write(self.TaskModel)).filter(task_id=task_id).delete()
 
     def cleanup(self) -> None:
         """Delete expired finished records (Celery's ``celery.backend_cleanup``), in batches."""
         if not self.expires:
             return
-        TaskResultMeta.objects.db_manager(router.db_for_write(TaskResultMeta)).delete_expired(self.expires)
+        self.TaskModel.objects.db_manager(router.db_for_write(self.TaskModel)).delete_expired(self.expires)
         self.GroupModel._default_manager.delete_expired(self.expires)

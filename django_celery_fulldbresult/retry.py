@@ -21,7 +21,8 @@ from typing import Any
 
 from celery import states
 from django.db import connections, router
-from django.db.models import Q
+from django.db.models import CharField, Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -74,17 +75,33 @@ def _routing(record: TaskResultMeta) -> dict[str, Any]:
 
 
 def _claim(records: list[TaskResultMeta], new_ids: dict[str, str], force: bool, using: str) -> list[TaskResultMeta]:
-    """Set ``retried_as`` on the records nobody else claimed first; return those."""
+    """Set ``retried_as`` on the records nobody else claimed first; return those.
+
+    One UPDATE for the whole chunk (a CASE gives each record its new id), then
+    one SELECT to see which claims are ours: two statements per chunk, not
+    one per record, which is what makes 10,000 retries take seconds.
+    """
+    if not records:
+        return []
     manager = TaskResultMeta.objects.using(using)
+    unclaimed = [r.task_id for r in records if not force or not r.retried_as]
+    condition = Q(task_id__in=unclaimed)
+    if not force:
+        condition &= Q(retried_as__isnull=True)
+    for record in records:
+        if force and record.retried_as:
+            # Forced: replace only the claim we read, not a concurrent one.
+            condition |= Q(task_id=record.task_id, retried_as=record.retried_as)
+    # Written as SQL: 500 When() expressions cost more to compile than the UPDATE takes.
+    column = connections[using].ops.quote_name("task_id")
+    case = "CASE %s %s END" % (column, " ".join(["WHEN %s THEN %s"] * len(new_ids)))
+    params = [value for pair in new_ids.items() for value in pair]
+    manager.filter(condition).update(retried_as=RawSQL(case, params, output_field=CharField()))
+    ours = set(manager.filter(task_id__in=list(new_ids)).values_list("task_id", "retried_as"))
     claimed = []
     for record in records:
-        query = manager.filter(task_id=record.task_id)
-        if not force:
-            query = query.filter(retried_as__isnull=True)
-        elif record.retried_as:
-            # Forced: replace only the claim we read, not a concurrent one.
-            query = query.filter(retried_as=record.retried_as)
-        if query.update(retried_as=new_ids[record.task_id]):
+        if (record.task_id, new_ids[record.task_id]) in ours:
+            ours.discard((record.task_id, new_ids[record.task_id]))  # a record listed twice is sent once
             claimed.append(record)
     return claimed
 
@@ -132,8 +149,9 @@ def retry_records(
         chunk = pending[start : start + CHUNK]
         new_ids = {record.task_id: str(uuid.uuid4()) for record in chunk}
         claimed = _claim(chunk, new_ids, force, using)
+        claimed_ids = {record.task_id for record in claimed}
         for record in chunk:
-            if record not in claimed:
+            if record.task_id not in claimed_ids:
                 report.refused[record.task_id] = _("retried by someone else at the same time")
         now = timezone.now()
         record_published(connections[using], [_new_row(r, new_ids[r.task_id], now) for r in claimed])

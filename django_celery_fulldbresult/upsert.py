@@ -62,26 +62,25 @@ def _model() -> type[TaskResultMeta]:
 
 
 def _quoted(connection: BaseDatabaseWrapper, names: Iterable[str]) -> dict[str, str]:
-    model = _model()
-    return {name: connection.ops.quote_name(model._meta.get_field(name).column) for name in names}
+    return {name: connection.ops.quote_name(_field(name).column) for name in names}
 
 
 def _params(connection: BaseDatabaseWrapper, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> list[Any]:
     plan = _PLANS.get(columns)
     if plan is None:
         plan = _PLANS[columns] = _plan(columns)
-    params = []
+    params: list[Any] = []
     append = params.append
     for row in rows:
         for name, default, field in plan:
-            value = row[name] if name in row else default
+            value = row.get(name, default)
             # Text, integers and NULL go to every driver as they are; Django's
             # conversion (get_db_prep_save) is only needed for the others
             # (datetimes, and anything unusual), and costs more than the write.
             if value is None or (field is None and type(value) in _PLAIN):
                 append(value)
             else:
-                append((field or _model()._meta.get_field(name)).get_db_prep_save(value, connection))
+                append((field or _field(name)).get_db_prep_save(value, connection))
     return params
 
 
@@ -93,8 +92,12 @@ def _plan(columns: Sequence[str]) -> list[tuple[str, Any, Any]]:
     """(name, default, field whose conversion is always needed or None) for each column."""
     from django.db import models
 
-    fields = [_model()._meta.get_field(name) for name in columns]
+    fields = [_field(name) for name in columns]
     return [(f.name, f.get_default(), f if isinstance(f, models.DateTimeField) else None) for f in fields]
+
+
+def _field(name: str) -> Any:
+    return _model()._meta.get_field(name)
 
 
 #: Generated SQL, per (vendor, kind, number of rows): the text depends on nothing else.

@@ -1,0 +1,111 @@
+"""``publish.batch()``: the publish records of a group written in one statement, and never lost."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import group, states
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from django_celery_fulldbresult import publish
+from django_celery_fulldbresult.models import TaskResultMeta
+from testcelery import tasks
+from testcelery.celery import app
+
+from .conftest import wait_for
+
+PARKED = "fulldbresult-batch-parked"
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def parked() -> Iterator[str]:
+    """A queue no worker consumes; emptied afterwards."""
+    yield PARKED
+    with app.connection_for_write() as conn, contextlib.suppress(Exception):  # never declared
+        conn.default_channel.queue_purge(PARKED)
+
+
+def inserts(queries: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+
+
+def test_a_group_of_100_is_recorded_in_one_write(parked: str) -> None:
+    with CaptureQueriesContext(connection) as queries, publish.batch():
+        result = group(tasks.add.s(i, i) for i in range(100)).apply_async(queue=parked)
+    assert len(inserts(queries)) == 1, "one bulk write for the whole group"
+    members = TaskResultMeta.objects.filter(group_id=result.id)
+    assert members.count() == 100
+    assert members.filter(status=states.PENDING, date_submitted__isnull=False, queue=parked).count() == 100
+    assert sorted(json.loads(m.args)[0] for m in members) == list(range(100))
+
+
+def test_a_batched_group_runs_and_every_member_has_its_full_record(worker: Any) -> None:
+    with publish.batch():
+        result = group(tasks.add.s(i, i) for i in range(30)).apply_async()
+    assert result.get(timeout=120) == [2 * i for i in range(30)]
+    members = TaskResultMeta.objects.filter(group_id=result.id)
+    wait_for(lambda: members.filter(status=states.SUCCESS).count() == 30, timeout=60)
+    assert sorted(json.loads(m.args)[0] for m in members) == list(range(30))
+    assert members.filter(task="testcelery.tasks.add", hostname__isnull=False).count() == 30
+
+
+def test_nothing_is_written_before_the_block_ends_and_everything_after(parked: str) -> None:
+    with publish.batch():
+        with publish.batch():  # nested: the outer block writes
+            first = tasks.add.apply_async((1, 2), queue=parked)
+        second = tasks.echo.apply_async(("x",), queue=parked)
+        assert not TaskResultMeta.objects.filter(task_id__in=[first.id, second.id]).exists()
+    assert set(TaskResultMeta.objects.values_list("task_id", flat=True)) == {first.id, second.id}
+    assert TaskResultMeta.objects.get(task_id=first.id).status == states.PENDING
+
+
+def test_the_records_are_written_when_the_block_exits_by_an_exception(parked: str) -> None:
+    sent = []
+    with pytest.raises(RuntimeError), publish.batch():
+        sent.append(tasks.add.apply_async((1, 2), queue=parked).id)
+        sent.append(tasks.add.apply_async((3, 4), queue=parked).id)
+        raise RuntimeError("the caller failed after sending")
+    assert TaskResultMeta.objects.filter(task_id__in=sent).count() == 2
+
+
+def test_a_long_block_writes_every_batch_size_messages(parked: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(publish, "BATCH_SIZE", 3)
+    with CaptureQueriesContext(connection) as queries, publish.batch():
+        ids = [tasks.add.apply_async((i, i), queue=parked).id for i in range(7)]
+        # Written as each batch filled, before the block's end.
+        assert TaskResultMeta.objects.filter(task_id__in=ids).count() == 6
+    assert len(inserts(queries)) == 3
+    assert TaskResultMeta.objects.filter(task_id__in=ids).count() == 7
+
+
+def test_a_task_finished_before_the_block_ends_keeps_its_result(worker: Any) -> None:
+    with publish.batch():
+        result = tasks.add.apply_async((20, 22))
+        # The worker runs it and writes its record while the publish record waits.
+        wait_for(lambda: TaskResultMeta.objects.filter(task_id=result.id, status=states.SUCCESS).exists(), timeout=60)
+    record = TaskResultMeta.objects.get(task_id=result.id)
+    assert record.status == states.SUCCESS
+    assert record.result == 42
+    assert json.loads(record.args) == [20, 22]
+
+
+def test_a_failed_batch_write_is_logged_and_the_tasks_are_still_sent(
+    parked: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(rows: Any) -> None:
+        raise RuntimeError("database down")
+
+    monkeypatch.setattr(publish, "write_records", refuse)
+    with publish.batch():
+        result = tasks.add.apply_async((1, 1), queue=parked)
+    assert "Could not record the publication of 1 tasks" in caplog.text
+    with app.connection_for_write() as conn:
+        _, count, _ = conn.default_channel.queue_declare(PARKED, passive=True)
+    assert count >= 1, f"{result.id} was sent all the same"
