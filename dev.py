@@ -78,19 +78,27 @@ def reachable(url: str) -> bool:
 
 
 def find_python(version: str) -> str | None:
-    found = shutil.which(f"python{version}")
-    if found:
-        return found
     root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    # pyenv's own builds first: its shim on PATH fails for a version that is
+    # installed but not selected.
     candidates = sorted(glob.glob(f"{root}/versions/{version}.*/bin/python{version}"))
-    return candidates[-1] if candidates else None
+    if candidates:
+        return candidates[-1]
+    found = shutil.which(f"python{version}")
+    return found if found and "/shims/" not in found else None
 
 
 def ensure_venv(name: str, python: str, requirements: str, pins: list[str] = ()) -> Path:  # type: ignore[assignment]
     """A virtual environment with the requirements, re-installed when they change."""
     path = ROOT / name
     bin_python = path / "bin" / "python"
-    stamp_text = "\n".join([python, *pins] + [(ROOT / f).read_text() for f in ("pyproject.toml", "requirements/test.txt", "requirements/tools.txt", requirements)])
+    stamp_text = "\n".join(
+        [python, *pins]
+        + [
+            (ROOT / f).read_text()
+            for f in ("pyproject.toml", "requirements/test.txt", "requirements/tools.txt", requirements)
+        ]
+    )
     stamp = hashlib.sha256(stamp_text.encode()).hexdigest()
     stamp_file = path / ".dev-stamp"
     if bin_python.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
@@ -202,8 +210,12 @@ def main() -> int:
     demo_parser.add_argument("--no-serve", dest="serve", action="store_false", help="do not serve the admin at the end")
     commands.add_parser("lint", help="run ruff, mypy and the packaging test (CI runs them before the tests)")
     test_parser = commands.add_parser("test", help="run the test suite")
-    test_parser.add_argument("--target", action="append", choices=sorted(TARGETS), help="only this database/broker pair")
-    test_parser.add_argument("--with-mysql", action="store_true", help="install the MySQL driver (needs libmariadb-dev)")
+    test_parser.add_argument(
+        "--target", action="append", choices=sorted(TARGETS), help="only this database/broker pair"
+    )
+    test_parser.add_argument(
+        "--with-mysql", action="store_true", help="install the MySQL driver (needs libmariadb-dev)"
+    )
     argv = sys.argv[1:]
     pytest_args: list[str] = []
     if "--" in argv:

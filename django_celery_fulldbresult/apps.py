@@ -9,7 +9,7 @@ class FullDBResultConfig(AppConfig):
 
     def ready(self) -> None:
         from celery._state import connect_on_app_finalize
-        from celery.signals import before_task_publish
+        from celery.signals import before_task_publish, task_postrun
         from django.core.signals import request_finished, request_started
 
         from . import checks  # noqa: F401  (registers the system checks)
@@ -25,3 +25,4 @@ class FullDBResultConfig(AppConfig):
         before_task_publish.connect(on_before_task_publish, weak=False, dispatch_uid="django_celery_fulldbresult")
         request_started.connect(close_old_connections, dispatch_uid="django_celery_fulldbresult")
         request_finished.connect(close_old_connections, dispatch_uid="django_celery_fulldbresult")
+        task_postrun.connect(close_old_connections, weak=False, dispatch_uid="django_celery_fulldbresult")

@@ -78,7 +78,7 @@ class TaskResultMetaQuerySet(models.QuerySet["TaskResultMeta"]):
             models.Q(eta__isnull=True) | models.Q(eta__lt=cutoff), date_done__lt=cutoff
         )
 
-    def with_stale_kind(self, live_workers: Iterable[str] | None | object = _ASK_WORKERS) -> TaskResultMetaQuerySet:
+    def with_stale_kind(self, live_workers: Iterable[str] | object | None = _ASK_WORKERS) -> TaskResultMetaQuerySet:
         """Annotate ``stale_kind``: why each record has not finished.
 
         ``live_workers`` are the hostnames of the workers that are alive; by
@@ -154,7 +154,6 @@ class TaskResultMetaQuerySet(models.QuerySet["TaskResultMeta"]):
                 return deleted
             deleted += self.using(alias).filter(pk__in=batch)._raw_delete(alias)
 
-
     def distinct_values(self, field: str, limit: int = 200) -> list[str]:
         """The first ``limit`` distinct non-null values of ``task`` or ``status``, sorted.
 
@@ -205,6 +204,7 @@ class TaskResultMetaQuerySet(models.QuerySet["TaskResultMeta"]):
             cursor.execute(sql, [connection.ops.quote_name(self.model._meta.db_table)])
             row = cursor.fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
 
 class TaskResultMetaManager(models.Manager.from_queryset(TaskResultMetaQuerySet)):  # type: ignore[misc]
     pass

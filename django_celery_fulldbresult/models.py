@@ -61,10 +61,18 @@ class TaskResultMeta(models.Model):
     group_id = models.CharField(_("group id"), max_length=255, null=True, blank=True)
     periodic_task_name = models.CharField(_("periodic task name"), max_length=255, null=True, blank=True)
     retry_of = models.CharField(
-        _("retry of"), max_length=255, null=True, blank=True, help_text=_("Id of the task this one was sent again from.")
+        _("retry of"),
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text=_("Id of the task this one was sent again from."),
     )
     retried_as = models.CharField(
-        _("retried as"), max_length=255, null=True, blank=True, help_text=_("Id of the task this one was sent again as.")
+        _("retried as"),
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text=_("Id of the task this one was sent again as."),
     )
 
     # Timing. date_done is the time of the last state change, as in Celery.

@@ -16,8 +16,15 @@ Choices, and why:
   through a connection of its own, in autocommit: a rollback cannot erase the
   record of a message that was sent anyway, and the caller's open transaction
   never holds a lock the worker's write would wait for. SQLite has a single
-  writer: when the caller's transaction holds the write lock, the record is
-  written in that transaction instead (the worker writes its own as it runs).
+  writer, which the caller's transaction holds: there the record is written in
+  that transaction instead (after a rollback, the worker writes its own as
+  the task runs). That connection follows ``CONN_MAX_AGE`` like Django's own
+  (closed at the end of a request, and of a task in a worker).
+* From an event loop (an async view calling ``.delay()``), where Django
+  refuses database calls, the write is made from a thread of its own.
+* A connection the database dropped is replaced once, as for the worker's
+  writes, so a long-running publisher (beat, a script) recovers from a
+  database restart.
 * If the write fails, the error is logged and the task is published all the
   same: a task is never lost because its record could not be written. The
   worker's own writes then create the record.
@@ -51,39 +58,52 @@ Choices, and why:
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
 from celery import current_app, states
 from django.db import connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.utils import DatabaseError
 from django.utils import timezone
 
 from .conf import app_settings
-from .serialization import as_datetime, clean_text, encode_arguments
-from .upsert import record_published
+from .serialization import as_datetime, clean_text, encode_arguments, queue_from_delivery
+from .upsert import record_published, with_reconnect
 
 logger = logging.getLogger(__name__)
 
 _local = threading.local()
 
 
-def _is_ignored(name: str, headers: dict[str, Any]) -> bool:
-    # The worker's rule (Celery's get_actual_ignore_result): the message's
-    # own ignore_result when it has one, else the registered task's, which
-    # defaults to task_ignore_result.
-    ignore = headers.get("ignore_result")
-    if ignore is not None:
-        return bool(ignore)
+def is_ignored(name: str, requested: bool | None = None) -> bool:
+    """Whether a worker will store nothing for this task (so no record is written for it).
+
+    The worker's own rule, which changed in Celery 5.6: since then the
+    message's ``ignore_result`` wins when it has one (Celery's
+    ``get_actual_ignore_result``); before, the result is ignored when either
+    the message or the registered task says so. The registered task's
+    setting defaults to ``task_ignore_result``.
+    """
     app = current_app
     task = app.tasks.get(name)
-    if task is not None:
-        return bool(task.ignore_result)
-    return bool(app.conf.task_ignore_result)
+    registered = bool(task.ignore_result) if task is not None else bool(app.conf.task_ignore_result)
+    if _MESSAGE_WINS:
+        return bool(requested) if requested is not None else registered
+    return bool(requested) or registered
+
+
+try:
+    from celery.app.task import get_actual_ignore_result  # type: ignore[attr-defined]  # noqa: F401  (Celery 5.6+)
+
+    _MESSAGE_WINS = True
+except ImportError:  # Celery 5.5
+    _MESSAGE_WINS = False
 
 
 def published_row(
@@ -98,12 +118,12 @@ def published_row(
         name, task_id = body["task"], body["id"]
         args, kwargs = body.get("args"), body.get("kwargs")
         fields = body
-    if _is_ignored(name, headers):
+    if is_ignored(name, headers.get("ignore_result")):
         return None
     exchange_name = getattr(exchange, "name", exchange)
     queue = getattr(declare[0], "name", None) if declare else None
-    if queue is None and exchange_name == "" and routing_key:
-        queue = routing_key
+    if queue is None:
+        queue = queue_from_delivery({"exchange": exchange_name, "routing_key": routing_key})
     now = timezone.now()
     row = {
         "task_id": task_id,
@@ -129,15 +149,25 @@ def published_row(
 
 def _independent_connection(alias: str) -> BaseDatabaseWrapper:
     """A connection of this thread's own, outside any transaction of the caller."""
-    own = _local.__dict__.setdefault("connections", {})
+    own: dict[str, BaseDatabaseWrapper] = _local.__dict__.setdefault("connections", {})
     connection = own.get(alias)
     if connection is None:
         connection = own[alias] = connections.create_connection(alias)
-    if connection.vendor == "sqlite" and connection.connection is None:
-        connection.ensure_connection()
-        # Never wait on the caller's own write lock (see the module docstring).
-        connection.connection.execute("PRAGMA busy_timeout = 0")
     return connection
+
+
+def connection_for_records(alias: str) -> BaseDatabaseWrapper:
+    """The connection that writes records now, never inside the caller's transaction.
+
+    SQLite has a single writer: inside the caller's transaction, which holds
+    (or will take) the write lock, a second connection could only wait for it.
+    There the caller's connection is used, and the write is part of the
+    caller's transaction.
+    """
+    connection = connections[alias]
+    if not connection.in_atomic_block or connection.vendor == "sqlite":
+        return connection
+    return _independent_connection(alias)
 
 
 def close_old_connections(**kwargs: Any) -> None:
@@ -155,22 +185,33 @@ def close_connections() -> None:
         connection.close()
 
 
-def write_records(rows: Sequence[dict[str, Any]]) -> None:
+def write_records(rows: Sequence[dict[str, Any]], using: str | None = None) -> None:
     """Write publish records, outside the caller's transaction when it has one."""
-    alias = router.db_for_write(_model())
-    connection = connections[alias]
-    if not connection.in_atomic_block:
-        record_published(connection, rows)
+    if _in_event_loop():
+        # Django refuses database calls in an event loop's thread (an ASGI
+        # view calling .delay()): write from a thread of this module's own.
+        _executor().submit(write_records, rows, using).result()
         return
-    independent = _independent_connection(alias)
-    try:
-        record_published(independent, rows)
-    except DatabaseError:
-        independent.close()
-        if connection.vendor != "sqlite":
-            raise
-        with transaction.atomic(using=alias):  # a savepoint in the caller's transaction
+    alias = using or router.db_for_write(_model())
+    connection = connection_for_records(alias)
+    if connection.in_atomic_block:  # SQLite: a savepoint in the caller's transaction
+        with transaction.atomic(using=alias):
             record_published(connection, rows)
+        return
+    with_reconnect(connection, record_published, rows)
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@functools.cache
+def _executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="fulldbresult-publish")
 
 
 def _model() -> Any:
@@ -182,7 +223,7 @@ def _model() -> Any:
 @contextmanager
 def already_recorded(task_ids: Sequence[str]) -> Iterator[None]:
     """Skip the publish write for these ids: their records were written already."""
-    previous = getattr(_local, "recorded", frozenset())
+    previous: frozenset[str] = getattr(_local, "recorded", frozenset())
     _local.recorded = previous | frozenset(task_ids)
     try:
         yield

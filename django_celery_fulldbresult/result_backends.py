@@ -20,8 +20,16 @@ from django.utils import timezone
 from django.utils.translation import gettext
 from django_celery_results.backends.database import DatabaseBackend
 
-from .serialization import as_datetime, clean_text, decode_arguments, decode_result, encode_arguments, encode_result
-from .upsert import store_state
+from .serialization import (
+    as_datetime,
+    clean_text,
+    decode_arguments,
+    decode_result,
+    encode_arguments,
+    encode_result,
+    queue_from_delivery,
+)
+from .upsert import store_state, with_reconnect
 
 if TYPE_CHECKING:
     from .models import TaskResultMeta
@@ -29,21 +37,6 @@ if TYPE_CHECKING:
 #: What a dropped or refused database connection raises through Django, with
 #: psycopg 3, psycopg2, mysqlclient and sqlite3 alike.
 CONNECTION_ERRORS = (InterfaceError, OperationalError)
-
-
-def queue_from_delivery(delivery_info: dict[str, Any]) -> str | None:
-    """The queue a message came from, where the delivery info tells it.
-
-    Brokers do not report the queue, only the exchange and routing key. With
-    Celery's default routing a queue's exchange and routing key are both its
-    name, or the exchange is the default ('') one and the key is the name.
-    """
-    if "queue" in delivery_info:
-        return delivery_info["queue"]  # type: ignore[no-any-return]
-    exchange, routing_key = delivery_info.get("exchange"), delivery_info.get("routing_key")
-    if routing_key and exchange in ("", None, routing_key):
-        return routing_key  # type: ignore[no-any-return]
-    return None
 
 
 def task_model() -> type[TaskResultMeta]:
@@ -124,6 +117,10 @@ class DatabaseResultBackend(DatabaseBackend):
             periodic_task_name=clean_text(getattr(request, "periodic_task_name", None)),
             meta=json.dumps({"children": children}) if children else None,
         )
+        if state == states.RETRY:
+            # The record now waits for the next attempt, whose ETA and expiry
+            # the re-publication knows, not this request: keep the stored ones.
+            row.update(retries=row["retries"] + 1, eta=None, expires=None)
         args, kwargs = getattr(request, "args", None), getattr(request, "kwargs", None)
         if args is not None or kwargs is not None:
             row.update(encode_arguments(args, kwargs)._asdict())
@@ -142,16 +139,9 @@ class DatabaseResultBackend(DatabaseBackend):
         """Write the task's state in one statement (see :mod:`.upsert`)."""
         row = self._state_row(task_id, result, state, traceback, request)
         alias = using or router.db_for_write(self.TaskModel)
-        try:
-            store_state(connections[alias], row)
-        except CONNECTION_ERRORS:
-            # A connection the database dropped (restart, idle timeout, a
-            # failover) fails once; the upsert is idempotent, so write again
-            # on a new connection before giving up.
-            if connections[alias].in_atomic_block:
-                raise
-            self._close_broken_connection(alias)
-            store_state(connections[alias], row)
+        # A connection the database dropped (restart, idle timeout, failover)
+        # is replaced once before the error reaches Celery's own retries.
+        with_reconnect(connections[alias], store_state, row)
         return result
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:

@@ -20,16 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import states
-from django.db import connections, router
-from django.db.models import CharField, Q
-from django.db.models.expressions import RawSQL
+from django.db import router
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from .models import TaskResultMeta
-from .publish import already_recorded
+from .publish import already_recorded, connection_for_records, is_ignored, write_records
 from .serialization import decode_arguments
-from .upsert import record_published
 
 #: How many records are claimed, written and sent per round.
 CHUNK = 500
@@ -74,36 +71,51 @@ def _routing(record: TaskResultMeta) -> dict[str, Any]:
     return options
 
 
-def _claim(records: list[TaskResultMeta], new_ids: dict[str, str], force: bool, using: str) -> list[TaskResultMeta]:
+def _claim(
+    records: list[TaskResultMeta], new_ids: dict[str, str], force: bool, connection: Any
+) -> list[TaskResultMeta]:
     """Set ``retried_as`` on the records nobody else claimed first; return those.
 
     One UPDATE for the whole chunk (a CASE gives each record its new id), then
     one SELECT to see which claims are ours: two statements per chunk, not
-    one per record, which is what makes 10,000 retries take seconds.
+    one per record, which is what makes 10,000 retries take seconds. A record
+    read unclaimed is claimed only if it still is; a forced retry replaces
+    only the claim it read, so two forced retries at once send once.
     """
-    if not records:
-        return []
-    manager = TaskResultMeta.objects.using(using)
-    unclaimed = [r.task_id for r in records if not force or not r.retried_as]
-    condition = Q(task_id__in=unclaimed)
-    if not force:
-        condition &= Q(retried_as__isnull=True)
+    table, task_id, retried_as = _names(connection)
+    conditions, params = [], []
+    unclaimed = [r.task_id for r in records if not r.retried_as]
+    if unclaimed:
+        conditions.append(f"({task_id} IN ({', '.join(['%s'] * len(unclaimed))}) AND {retried_as} IS NULL)")
+        params += unclaimed
     for record in records:
         if force and record.retried_as:
-            # Forced: replace only the claim we read, not a concurrent one.
-            condition |= Q(task_id=record.task_id, retried_as=record.retried_as)
-    # Written as SQL: 500 When() expressions cost more to compile than the UPDATE takes.
-    column = connections[using].ops.quote_name("task_id")
-    case = "CASE %s %s END" % (column, " ".join(["WHEN %s THEN %s"] * len(new_ids)))
-    params = [value for pair in new_ids.items() for value in pair]
-    manager.filter(condition).update(retried_as=RawSQL(case, params, output_field=CharField()))
-    ours = set(manager.filter(task_id__in=list(new_ids)).values_list("task_id", "retried_as"))
+            conditions.append(f"({task_id} = %s AND {retried_as} = %s)")
+            params += [record.task_id, record.retried_as]
+    if not conditions:
+        return []
+    case = f"CASE {task_id} {' '.join(['WHEN %s THEN %s'] * len(new_ids))} END"
+    ids = list(new_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET {retried_as} = {case} WHERE {' OR '.join(conditions)}",
+            [value for pair in new_ids.items() for value in pair] + params,
+        )
+        cursor.execute(
+            f"SELECT {task_id}, {retried_as} FROM {table} WHERE {task_id} IN ({', '.join(['%s'] * len(ids))})", ids
+        )
+        ours = set(cursor.fetchall())
     claimed = []
     for record in records:
         if (record.task_id, new_ids[record.task_id]) in ours:
             ours.discard((record.task_id, new_ids[record.task_id]))  # a record listed twice is sent once
             claimed.append(record)
     return claimed
+
+
+def _names(connection: Any) -> tuple[str, str, str]:
+    quote = connection.ops.quote_name
+    return quote(TaskResultMeta._meta.db_table), quote("task_id"), quote("retried_as")
 
 
 def _new_row(record: TaskResultMeta, new_id: str, now: Any) -> dict[str, Any]:
@@ -145,34 +157,50 @@ def retry_records(
             pending.append(record)
         else:
             report.refused[record.task_id] = reason
+    # Claims and new records are written outside the caller's transaction,
+    # as publish records are: the messages go out whatever the caller does.
+    connection = connection_for_records(using)
     for start in range(0, len(pending), CHUNK):
         chunk = pending[start : start + CHUNK]
         new_ids = {record.task_id: str(uuid.uuid4()) for record in chunk}
-        claimed = _claim(chunk, new_ids, force, using)
+        claimed = _claim(chunk, new_ids, force, connection)
         claimed_ids = {record.task_id for record in claimed}
         for record in chunk:
             if record.task_id not in claimed_ids:
                 report.refused[record.task_id] = _("retried by someone else at the same time")
         now = timezone.now()
-        record_published(connections[using], [_new_row(r, new_ids[r.task_id], now) for r in claimed])
-        _send(app, claimed, new_ids, report, using)
+        # A task whose result is ignored gets no record: no worker would finish it.
+        rows = [_new_row(r, new_ids[r.task_id], now) for r in claimed if not is_ignored(r.task or "")]
+        write_records(rows, using)
+        _send(app, claimed, new_ids, report, connection)
         if progress:
             progress(len(claimed))
     return report
 
 
-def _send(app: Any, claimed: list[TaskResultMeta], new_ids: dict[str, str], report: RetryReport, using: str) -> None:
-    manager = TaskResultMeta.objects.using(using)
+def _send(
+    app: Any, claimed: list[TaskResultMeta], new_ids: dict[str, str], report: RetryReport, connection: Any
+) -> None:
+    table, task_id, retried_as = _names(connection)
     with already_recorded(list(new_ids.values())), app.producer_or_acquire() as producer:
         for record in claimed:
             new_id = new_ids[record.task_id]
             args, kwargs = decode_arguments(record.args, record.kwargs)
             try:
-                app.send_task(record.task, args=args, kwargs=kwargs, task_id=new_id, producer=producer, **_routing(record))
+                app.send_task(
+                    record.task, args=args, kwargs=kwargs, task_id=new_id, producer=producer, **_routing(record)
+                )
             except Exception as exc:
                 # Not sent: undo the claim and the new record, and say why.
-                manager.filter(task_id=record.task_id, retried_as=new_id).update(retried_as=record.retried_as)
-                manager.filter(Q(task_id=new_id), status=states.PENDING).delete()
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"UPDATE {table} SET {retried_as} = %s WHERE {task_id} = %s AND {retried_as} = %s",
+                        [record.retried_as, record.task_id, new_id],
+                    )
+                    cursor.execute(
+                        f"DELETE FROM {table} WHERE {task_id} = %s AND {connection.ops.quote_name('status')} = %s",
+                        [new_id, states.PENDING],
+                    )
                 report.refused[record.task_id] = _("could not be sent: %(error)s") % {"error": exc}
             else:
                 report.sent[record.task_id] = new_id

@@ -13,9 +13,8 @@ type, or, with ``USE_JSON``, as plain JSON a database can query.
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from datetime import timezone as dt_timezone
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from celery.utils.serialization import b64decode, b64encode
@@ -119,10 +118,25 @@ def as_datetime(value: Any) -> datetime | None:
     if not isinstance(value, datetime):
         value = maybe_iso8601(value)
     if timezone.is_naive(value):
-        value = timezone.make_aware(value, dt_timezone.utc)
+        value = timezone.make_aware(value, UTC)
     if not settings.USE_TZ:
         return timezone.make_naive(value)
     return value  # type: ignore[no-any-return]
+
+
+def queue_from_delivery(delivery_info: dict[str, Any]) -> str | None:
+    """The queue a message came from, where the delivery info tells it.
+
+    Brokers do not report the queue, only the exchange and routing key. With
+    Celery's default routing a queue's exchange and routing key are both its
+    name, or the exchange is the default ('') one and the key is the name.
+    """
+    if "queue" in delivery_info:
+        return delivery_info["queue"]  # type: ignore[no-any-return]
+    exchange, routing_key = delivery_info.get("exchange"), delivery_info.get("routing_key")
+    if routing_key and exchange in ("", None, routing_key):
+        return routing_key  # type: ignore[no-any-return]
+    return None
 
 
 def decode_arguments(args: str | None, kwargs: str | None) -> tuple[list[Any], dict[str, Any]]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from celery import states
 from django.db import IntegrityError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.utils import InterfaceError, OperationalError
 
 if TYPE_CHECKING:
     from .models import TaskResultMeta
@@ -145,11 +146,7 @@ def _store_state_sql(connection: BaseDatabaseWrapper, count: int) -> str:
         # MySQL applies assignments left to right and later ones see the new
         # values: status, which the guard reads, must come last.
         for name in sorted(set(STATE_COLUMNS) - {"task_id"}, key=lambda n: n == "status"):
-            new = f"VALUES({q[name]})"
-            if name == GREATEST:
-                new = f"GREATEST({new}, {q[name]})"
-            elif name not in REPLACED:
-                new = f"COALESCE({new}, {q[name]})"
+            new = _state_value(vendor, name, f"VALUES({q[name]})", q[name], f"VALUES({q['args']})")
             sets.append(f"{q[name]} = IF({guard}, {new}, {q[name]})")
         sql = f"{insert} ON DUPLICATE KEY UPDATE {', '.join(sets)}"
     else:
@@ -157,18 +154,39 @@ def _store_state_sql(connection: BaseDatabaseWrapper, count: int) -> str:
         for name in STATE_COLUMNS:
             if name == "task_id":
                 continue
-            new = f"EXCLUDED.{q[name]}"
-            if name == GREATEST:
-                greatest = "MAX" if vendor == "sqlite" else "GREATEST"
-                new = f"{greatest}({new}, {table}.{q[name]})"
-            elif name == "not_retryable_reason":
-                new = f"CASE WHEN EXCLUDED.{q['args']} IS NULL THEN {table}.{q[name]} ELSE {new} END"
-            elif name not in REPLACED:
-                new = f"COALESCE({new}, {table}.{q[name]})"
+            new = _state_value(vendor, name, f"EXCLUDED.{q[name]}", f"{table}.{q[name]}", f"EXCLUDED.{q['args']}")
             sets.append(f"{q[name]} = {new}")
         guard = f"NOT ({table}.{q['status']} IN ({finished}) AND EXCLUDED.{q['status']} NOT IN ({finished}))"
         sql = f"{insert} ON CONFLICT ({q['task_id']}) DO UPDATE SET {', '.join(sets)} WHERE {guard}"
     return sql
+
+
+def _state_value(vendor: str, name: str, new: str, old: str, new_args: str) -> str:
+    """What a column becomes when a state write meets the stored record: one rule, both dialects."""
+    if name == GREATEST:
+        return f"{'MAX' if vendor == 'sqlite' else 'GREATEST'}({new}, {old})"
+    if name == "not_retryable_reason":
+        # It describes the arguments: a write without them keeps it.
+        return f"CASE WHEN {new_args} IS NULL THEN {old} ELSE {new} END"
+    if name in REPLACED:
+        return new
+    return f"COALESCE({new}, {old})"
+
+
+def with_reconnect(connection: BaseDatabaseWrapper, write: Any, *args: Any) -> None:
+    """Run a write; if the database dropped the connection, once more on a new one.
+
+    The writes here are idempotent upserts, so a second try never duplicates
+    a record. Inside a transaction nothing is retried: the caller's
+    transaction is lost with the connection.
+    """
+    try:
+        write(connection, *args)
+    except (InterfaceError, OperationalError):
+        if connection.in_atomic_block:
+            raise
+        connection.close()
+        write(connection, *args)
 
 
 def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, Any]]) -> None:

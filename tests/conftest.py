@@ -8,6 +8,7 @@ required, when ``CI`` is set).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -165,9 +166,7 @@ def _purged(django_db_setup: Any) -> None:
 
 
 @pytest.fixture
-def start_worker(
-    _purged: None, worker_log_dir: Path, transactional_db: Any
-) -> Iterator[Callable[..., Worker]]:
+def start_worker(_purged: None, worker_log_dir: Path, transactional_db: Any) -> Iterator[Callable[..., Worker]]:
     """Start workers for one test: ``start_worker("w1", TRACK_PUBLISH=False, concurrency=4)``.
 
     Upper-case keyword arguments are the app's settings in the worker;
@@ -175,8 +174,17 @@ def start_worker(
     """
     started: list[Worker] = []
 
-    def start(name: str = "w1", concurrency: int = 2, queues: str | None = None, extra: tuple[str, ...] = (), **settings: Any) -> Worker:
-        worker = Worker(f"{name}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}", worker_env(**settings), worker_log_dir, concurrency, queues, extra=extra)
+    def start(
+        name: str = "w1", concurrency: int = 2, queues: str | None = None, extra: tuple[str, ...] = (), **settings: Any
+    ) -> Worker:
+        worker = Worker(
+            f"{name}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
+            worker_env(**settings),
+            worker_log_dir,
+            concurrency,
+            queues,
+            extra=extra,
+        )
         started.append(worker)
         return worker.start()
 
@@ -201,3 +209,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float 
         if time.monotonic() > deadline:
             pytest.fail(message or f"timed out after {timeout}s waiting for {predicate}")
         time.sleep(interval)
+
+
+#: A queue no worker of these tests consumes: messages wait there and are purged.
+PARKED = "fulldbresult-parked"
+
+
+@pytest.fixture
+def parked() -> Iterator[str]:
+    """A queue to publish to without running anything; emptied afterwards."""
+    yield PARKED
+    from testcelery.celery import app
+
+    with app.connection_for_write() as conn, contextlib.suppress(Exception):  # never declared
+        conn.default_channel.queue_purge(PARKED)

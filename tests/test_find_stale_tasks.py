@@ -23,10 +23,19 @@ from .conftest import ROOT, wait_for, worker_env
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def make(task_id: str, task: str, status: str = states.PENDING, age: timedelta = timedelta(hours=2), **fields: Any) -> TaskResultMeta:
+def make(
+    task_id: str, task: str, status: str = states.PENDING, age: timedelta = timedelta(hours=2), **fields: Any
+) -> TaskResultMeta:
     when = timezone.now() - age
     return TaskResultMeta.objects.create(
-        task_id=task_id, task=task, status=status, date_submitted=when, date_done=when, args="[1, 2]", kwargs="{}", **fields
+        task_id=task_id,
+        task=task,
+        status=status,
+        date_submitted=when,
+        date_done=when,
+        args="[1, 2]",
+        kwargs="{}",
+        **fields,
     )
 
 

@@ -121,7 +121,9 @@ def test_force_json_stores_the_string_of_a_result_that_is_not_json() -> None:
 
 @override_settings(DJANGO_CELERY_FULLDBRESULT_USE_JSON=True)
 def test_failures_are_readable_as_exceptions_with_use_json() -> None:
-    backend.store_result("t1", ValueError("bad input"), states.FAILURE, traceback="Traceback ...", request=Request("t1"))
+    backend.store_result(
+        "t1", ValueError("bad input"), states.FAILURE, traceback="Traceback ...", request=Request("t1")
+    )
     record = TaskResultMeta.objects.get(task_id="t1")
     assert json.loads(record.encoded_result)["exc_type"] == "ValueError"
     with pytest.raises(ValueError, match="bad input"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,31 +19,14 @@ from testcelery.celery import app
 
 from .conftest import wait_for
 
-#: A queue no worker of these tests consumes: messages wait there and are purged.
-PARKED = "fulldbresult-parked"
-
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def parked() -> Iterator[str]:
-    """A queue to publish to without running anything; emptied afterwards."""
-    yield PARKED
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        try:
-            channel.queue_purge(PARKED)
-        except Exception:  # the queue was never declared
-            pass
 
 
 def test_a_published_task_is_recorded_pending_with_everything_known(parked: str) -> None:
     eta = datetime.now(UTC) + timedelta(hours=1)
     expires = eta + timedelta(hours=1)
     with CaptureQueriesContext(connection) as queries:
-        result = tasks.echo.apply_async(
-            (1, [2, 3]), {"x": "y"}, queue=parked, eta=eta, expires=expires, priority=3
-        )
+        result = tasks.echo.apply_async((1, [2, 3]), {"x": "y"}, queue=parked, eta=eta, expires=expires, priority=3)
     assert len(queries) == 1, "one round-trip per published task"
     record = TaskResultMeta.objects.get(task_id=result.id)
     assert record.status == states.PENDING

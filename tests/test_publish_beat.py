@@ -14,7 +14,9 @@ from testcelery.celery import app
 
 from .conftest import ROOT, wait_for, worker_env
 
-pytest.importorskip("django_celery_beat", reason="the [beat] extra is not installed (Django 6.1: beat 2.9 declares Django<6.1)")
+pytest.importorskip(
+    "django_celery_beat", reason="the [beat] extra is not installed (Django 6.1: beat 2.9 declares Django<6.1)"
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -32,7 +34,9 @@ def test_a_periodic_task_sent_by_a_real_beat_is_recorded(tmp_path: Any) -> None:
         cwd=ROOT, env=worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        record = wait_for(lambda: TaskResultMeta.objects.filter(periodic_task_name="nightly-report").first(), timeout=60)
+        record = wait_for(
+            lambda: TaskResultMeta.objects.filter(periodic_task_name="nightly-report").first(), timeout=60
+        )
     finally:
         beat.terminate()
         beat.wait(15)

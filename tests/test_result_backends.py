@@ -26,7 +26,10 @@ def test_success_failure_and_retry_are_recorded_with_real_arguments(worker: Any)
     bad = tasks.fail.delay("it broke")
     flaky = tasks.flaky.delay(fail_times=1)
 
-    assert ok.get(timeout=30) == {"args": [1, "two", when, Decimal("3.50")], "kwargs": {"flag": True, "nested": {"a": [1, 2]}}}
+    assert ok.get(timeout=30) == {
+        "args": [1, "two", when, Decimal("3.50")],
+        "kwargs": {"flag": True, "nested": {"a": [1, 2]}},
+    }
     with pytest.raises(ValueError, match="it broke"):
         bad.get(timeout=30)
     assert flaky.get(timeout=30) == 1
@@ -42,7 +45,10 @@ def test_success_failure_and_retry_are_recorded_with_real_arguments(worker: Any)
     assert record.queue == "celery"
     assert record.routing_key == "celery"
     assert record.date_started is not None and record.date_done >= record.date_started
-    assert record.result == {"args": [1, "two", when, Decimal("3.50")], "kwargs": {"flag": True, "nested": {"a": [1, 2]}}}
+    assert record.result == {
+        "args": [1, "two", when, Decimal("3.50")],
+        "kwargs": {"flag": True, "nested": {"a": [1, 2]}},
+    }
 
     failed = TaskResultMeta.objects.get(task_id=bad.id)
     assert failed.status == states.FAILURE
@@ -123,4 +129,3 @@ def test_store_is_one_statement() -> None:
     with CaptureQueriesContext(connection) as queries:
         backend.store_result("one-trip", 42, states.SUCCESS)
     assert len(queries) == 1, [q["sql"] for q in queries]
-

@@ -15,7 +15,6 @@ from testcelery import tasks
 from testcelery.celery import app
 
 from .conftest import wait_for
-from .test_publish import parked  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -122,9 +121,8 @@ def test_the_seeds_way_of_retrying_works(worker: Any) -> None:
     # The seed README's code, as written there.
     import json
 
-    from testcelery.celery import app as celery_app
-
     from django_celery_fulldbresult.models import TaskResultMeta
+    from testcelery.celery import app as celery_app
 
     task = TaskResultMeta.objects.all()[0]
     task_name = task.task

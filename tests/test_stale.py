@@ -13,12 +13,12 @@ from django.utils import timezone
 
 from django_celery_fulldbresult.managers import (
     NEVER_STARTED,
+    OTHER,
     RUNNING,
     STARTED_UNKNOWN,
     WAITING_ETA,
     WAITING_RETRY,
     WORKER_GONE,
-    OTHER,
     live_worker_hostnames,
 )
 from django_celery_fulldbresult.models import TaskResultMeta
@@ -51,7 +51,9 @@ def test_revoked_tasks_are_not_stale_by_default_but_acceptable_states_can_say_ot
     make("revoked", states.REVOKED, timedelta(days=1))
     make("started", states.STARTED, timedelta(days=1))
     assert ids(TaskResultMeta.objects.get_stale_tasks(timedelta(hours=1))) == {"started"}
-    custom = TaskResultMeta.objects.get_stale_tasks(timedelta(hours=1), acceptable_states=[states.SUCCESS, states.STARTED])
+    custom = TaskResultMeta.objects.get_stale_tasks(
+        timedelta(hours=1), acceptable_states=[states.SUCCESS, states.STARTED]
+    )
     assert ids(custom) == {"revoked"}
 
 

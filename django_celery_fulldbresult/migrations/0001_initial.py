@@ -4,52 +4,93 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='TaskResultMeta',
+            name="TaskResultMeta",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('task_id', models.CharField(max_length=255, unique=True, verbose_name='task id')),
-                ('task', models.CharField(blank=True, max_length=512, null=True, verbose_name='task name')),
-                ('status', models.CharField(default='PENDING', max_length=50, verbose_name='state')),
-                ('args', models.TextField(blank=True, null=True, verbose_name='positional arguments')),
-                ('kwargs', models.TextField(blank=True, null=True, verbose_name='keyword arguments')),
-                ('not_retryable_reason', models.TextField(blank=True, default='', help_text='Why the stored arguments cannot be sent again (empty when they can).', verbose_name='not retryable because')),
-                ('content_type', models.CharField(default='application/json', max_length=128, verbose_name='result content type')),
-                ('content_encoding', models.CharField(default='utf-8', max_length=64, verbose_name='result encoding')),
-                ('encoded_result', models.TextField(blank=True, db_column='result', null=True, verbose_name='result')),
-                ('traceback', models.TextField(blank=True, null=True, verbose_name='traceback')),
-                ('meta', models.TextField(blank=True, help_text="JSON: the task's children.", null=True, verbose_name='meta')),
-                ('hostname', models.CharField(blank=True, max_length=255, null=True, verbose_name='worker')),
-                ('exchange', models.CharField(blank=True, max_length=255, null=True, verbose_name='exchange')),
-                ('routing_key', models.CharField(blank=True, max_length=255, null=True, verbose_name='routing key')),
-                ('queue', models.CharField(blank=True, max_length=255, null=True, verbose_name='queue')),
-                ('priority', models.PositiveSmallIntegerField(blank=True, null=True, verbose_name='priority')),
-                ('eta', models.DateTimeField(blank=True, null=True, verbose_name='ETA')),
-                ('expires', models.DateTimeField(blank=True, null=True, verbose_name='expires')),
-                ('retries', models.PositiveIntegerField(default=0, verbose_name='retries')),
-                ('parent_id', models.CharField(blank=True, max_length=255, null=True, verbose_name='parent id')),
-                ('root_id', models.CharField(blank=True, max_length=255, null=True, verbose_name='root id')),
-                ('group_id', models.CharField(blank=True, max_length=255, null=True, verbose_name='group id')),
-                ('periodic_task_name', models.CharField(blank=True, max_length=255, null=True, verbose_name='periodic task name')),
-                ('retry_of', models.CharField(blank=True, help_text='Id of the task this one was sent again from.', max_length=255, null=True, verbose_name='retry of')),
-                ('retried_as', models.CharField(blank=True, help_text='Id of the task this one was sent again as.', max_length=255, null=True, verbose_name='retried as')),
-                ('date_submitted', models.DateTimeField(blank=True, null=True, verbose_name='submitted')),
-                ('date_started', models.DateTimeField(blank=True, null=True, verbose_name='started')),
-                ('date_done', models.DateTimeField(verbose_name='last change')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("task_id", models.CharField(max_length=255, unique=True, verbose_name="task id")),
+                ("task", models.CharField(blank=True, max_length=512, null=True, verbose_name="task name")),
+                ("status", models.CharField(default="PENDING", max_length=50, verbose_name="state")),
+                ("args", models.TextField(blank=True, null=True, verbose_name="positional arguments")),
+                ("kwargs", models.TextField(blank=True, null=True, verbose_name="keyword arguments")),
+                (
+                    "not_retryable_reason",
+                    models.TextField(
+                        blank=True,
+                        default="",
+                        help_text="Why the stored arguments cannot be sent again (empty when they can).",
+                        verbose_name="not retryable because",
+                    ),
+                ),
+                (
+                    "content_type",
+                    models.CharField(default="application/json", max_length=128, verbose_name="result content type"),
+                ),
+                ("content_encoding", models.CharField(default="utf-8", max_length=64, verbose_name="result encoding")),
+                ("encoded_result", models.TextField(blank=True, db_column="result", null=True, verbose_name="result")),
+                ("traceback", models.TextField(blank=True, null=True, verbose_name="traceback")),
+                (
+                    "meta",
+                    models.TextField(
+                        blank=True, help_text="JSON: the task's children.", null=True, verbose_name="meta"
+                    ),
+                ),
+                ("hostname", models.CharField(blank=True, max_length=255, null=True, verbose_name="worker")),
+                ("exchange", models.CharField(blank=True, max_length=255, null=True, verbose_name="exchange")),
+                ("routing_key", models.CharField(blank=True, max_length=255, null=True, verbose_name="routing key")),
+                ("queue", models.CharField(blank=True, max_length=255, null=True, verbose_name="queue")),
+                ("priority", models.PositiveSmallIntegerField(blank=True, null=True, verbose_name="priority")),
+                ("eta", models.DateTimeField(blank=True, null=True, verbose_name="ETA")),
+                ("expires", models.DateTimeField(blank=True, null=True, verbose_name="expires")),
+                ("retries", models.PositiveIntegerField(default=0, verbose_name="retries")),
+                ("parent_id", models.CharField(blank=True, max_length=255, null=True, verbose_name="parent id")),
+                ("root_id", models.CharField(blank=True, max_length=255, null=True, verbose_name="root id")),
+                ("group_id", models.CharField(blank=True, max_length=255, null=True, verbose_name="group id")),
+                (
+                    "periodic_task_name",
+                    models.CharField(blank=True, max_length=255, null=True, verbose_name="periodic task name"),
+                ),
+                (
+                    "retry_of",
+                    models.CharField(
+                        blank=True,
+                        help_text="Id of the task this one was sent again from.",
+                        max_length=255,
+                        null=True,
+                        verbose_name="retry of",
+                    ),
+                ),
+                (
+                    "retried_as",
+                    models.CharField(
+                        blank=True,
+                        help_text="Id of the task this one was sent again as.",
+                        max_length=255,
+                        null=True,
+                        verbose_name="retried as",
+                    ),
+                ),
+                ("date_submitted", models.DateTimeField(blank=True, null=True, verbose_name="submitted")),
+                ("date_started", models.DateTimeField(blank=True, null=True, verbose_name="started")),
+                ("date_done", models.DateTimeField(verbose_name="last change")),
             ],
             options={
-                'verbose_name': 'task result',
-                'verbose_name_plural': 'task results',
-                'ordering': ['-date_done'],
-                'permissions': [('retry_taskresultmeta', 'Can send tasks again')],
-                'indexes': [models.Index(fields=['date_done'], name='fulldbresult_done_idx'), models.Index(fields=['status', 'date_done'], name='fulldbresult_status_done_idx'), models.Index(fields=['task', 'date_done'], name='fulldbresult_task_done_idx'), models.Index(fields=['date_submitted'], name='fulldbresult_submitted_idx'), models.Index(fields=['group_id'], name='fulldbresult_group_idx')],
+                "verbose_name": "task result",
+                "verbose_name_plural": "task results",
+                "ordering": ["-date_done"],
+                "permissions": [("retry_taskresultmeta", "Can send tasks again")],
+                "indexes": [
+                    models.Index(fields=["date_done"], name="fulldbresult_done_idx"),
+                    models.Index(fields=["status", "date_done"], name="fulldbresult_status_done_idx"),
+                    models.Index(fields=["task", "date_done"], name="fulldbresult_task_done_idx"),
+                    models.Index(fields=["date_submitted"], name="fulldbresult_submitted_idx"),
+                    models.Index(fields=["group_id"], name="fulldbresult_group_idx"),
+                ],
             },
         ),
     ]

@@ -50,7 +50,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         for unit in UNITS:
             parser.add_argument(
-                f"--{unit}", type=_non_negative_number, default=0, help=_("Add this many %(unit)s to the window.") % {"unit": unit}
+                f"--{unit}",
+                type=_non_negative_number,
+                default=0,
+                help=_("Add this many %(unit)s to the window.") % {"unit": unit},
             )
         parser.add_argument(
             "--terminal-state",
@@ -59,22 +62,45 @@ class Command(BaseCommand):
             metavar="STATE",
             help=_("A state that counts as finished (repeatable). Default: SUCCESS, FAILURE and REVOKED."),
         )
-        parser.add_argument("--task", action="append", dest="task_names", metavar="NAME", help=_("Only tasks of this name (repeatable)."))
-        parser.add_argument("--queue", action="append", dest="queues", metavar="QUEUE", help=_("Only tasks sent to this queue (repeatable)."))
         parser.add_argument(
-            "--format", choices=("text", "json"), default="text", help=_("text (the default) or json: one JSON document.")
+            "--task",
+            action="append",
+            dest="task_names",
+            metavar="NAME",
+            help=_("Only tasks of this name (repeatable)."),
+        )
+        parser.add_argument(
+            "--queue",
+            action="append",
+            dest="queues",
+            metavar="QUEUE",
+            help=_("Only tasks sent to this queue (repeatable)."),
+        )
+        parser.add_argument(
+            "--format",
+            choices=("text", "json"),
+            default="text",
+            help=_("text (the default) or json: one JSON document."),
         )
         parser.add_argument(
             "--kind",
             action="store_true",
             help=_("In text mode, add why each task is stale (asks the workers which of them are alive)."),
         )
-        parser.add_argument("--retry", action="store_true", help=_(
+        parser.add_argument(
+            "--retry",
+            action="store_true",
+            help=_(
                 "Send again each stale task that is lost (never started, worker gone, waiting for a retry or an "
                 "ETA long past), once: a record already retried is skipped, a task running on a live worker too."
-            ))
-        parser.add_argument("--fail-if-found", action="store_true", help=_("Exit with status 1 when stale tasks are found."))
-        parser.add_argument("--limit", type=int, default=None, help=_("List at most this many tasks (the oldest first)."))
+            ),
+        )
+        parser.add_argument(
+            "--fail-if-found", action="store_true", help=_("Exit with status 1 when stale tasks are found.")
+        )
+        parser.add_argument(
+            "--limit", type=int, default=None, help=_("List at most this many tasks (the oldest first).")
+        )
 
     def window(self, options: dict[str, Any]) -> timedelta:
         if not any(options[unit] for unit in UNITS):
@@ -181,4 +207,3 @@ class Command(BaseCommand):
             ],
         }
         self.stdout.write(json.dumps(document, indent=2))
-
