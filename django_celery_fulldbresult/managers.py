@@ -58,6 +58,23 @@ def live_worker_hostnames(app: Any = None, timeout: float | None = None) -> set[
     return {name for reply in replies or () for name in reply}
 
 
+def _as_json(column: str, readable: models.Q | None = None) -> models.Case:
+    """A text column as JSON, NULL for rows it cannot be: one such row must not fail the whole query.
+
+    PostgreSQL's jsonb refuses the escaped NUL character (``\\u0000``, which a
+    NUL in an argument becomes), and a result stored with another serializer
+    (pickle, base64) is not JSON at all.
+    """
+    unreadable = models.Q(**{f"{column}__contains": "\\u0000"})
+    if readable is not None:
+        unreadable |= ~readable
+    return models.Case(
+        models.When(unreadable, then=models.Value(None, output_field=models.JSONField())),
+        default=Cast(column, models.JSONField()),
+        output_field=models.JSONField(),
+    )
+
+
 class TaskResultMetaQuerySet(models.QuerySet["TaskResultMeta"]):
     def get_stale_tasks(
         self,
@@ -114,10 +131,11 @@ class TaskResultMetaQuerySet(models.QuerySet["TaskResultMeta"]):
         PostgreSQL and MariaDB/MySQL. ``result_json`` holds the result when it
         is stored as JSON (the default ``json`` serializer, or USE_JSON).
         """
+        json_result = models.Q(content_type="application/json")
         return self.annotate(
-            args_json=Cast("args", models.JSONField()),
-            kwargs_json=Cast("kwargs", models.JSONField()),
-            result_json=Cast("encoded_result", models.JSONField()),
+            args_json=_as_json("args"),
+            kwargs_json=_as_json("kwargs"),
+            result_json=_as_json("encoded_result", json_result),
         )
 
     def retry(self, force: bool = False, app: Any = None) -> RetryReport:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from celery import states
 from celery.app.task import Context
+from django.utils import timezone
 
 from django_celery_fulldbresult.models import TaskResultMeta
 from django_celery_fulldbresult.result_backends import DatabaseResultBackend
@@ -60,3 +61,20 @@ def test_values_come_back_decoded(ids: dict[str, str]) -> None:
     row = TaskResultMeta.objects.with_json().values("kwargs_json", "result_json").get(task_id=ids["alice"])
     assert row["kwargs_json"] == {"user": {"id": 42, "email": "alice@example.com"}}
     assert row["result_json"] == {"total": 12}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_that_is_not_json_never_fails_the_query() -> None:
+    from testcelery.celery import app as celery_app
+
+    celery_app.backend.store_result("good", {"status": "sent"}, "SUCCESS")
+    TaskResultMeta.objects.create(
+        task_id="nul", task="t", status="SUCCESS", args='["a\\u0000b"]', kwargs="{}", date_done=timezone.now()
+    )
+    TaskResultMeta.objects.create(
+        task_id="pickled", task="t", status="SUCCESS", content_type="application/x-python-serialize",
+        content_encoding="binary", encoded_result="gASVBAAAAAAAAACMAXiULg==", date_done=timezone.now(),
+    )  # fmt: skip
+    rows = TaskResultMeta.objects.with_json()
+    assert list(rows.filter(result_json__status="sent").values_list("task_id", flat=True)) == ["good"]
+    assert dict(rows.values_list("task_id", "args_json"))["nul"] is None
