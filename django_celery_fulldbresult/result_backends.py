@@ -137,6 +137,11 @@ class DatabaseResultBackend(DatabaseBackend):
         **kwargs: Any,
     ) -> Any:
         """Write the task's state in one statement (see :mod:`.upsert`)."""
+        if state not in states.READY_STATES and getattr(request, "ignore_result", False) is True:
+            # Celery 5.5 stores STARTED for a call made with
+            # apply_async(ignore_result=True), then never its end: such a
+            # record would stay STARTED forever and be reported stale.
+            return result
         row = self._state_row(task_id, result, state, traceback, request)
         alias = using or router.db_for_write(self.TaskModel)
         # A connection the database dropped (restart, idle timeout, failover)

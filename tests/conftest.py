@@ -158,8 +158,9 @@ def worker_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("workers")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def _purged(django_db_setup: Any) -> None:
+    """No message left by an earlier test reaches this test's workers."""
     from testcelery.celery import app
 
     app.control.purge()

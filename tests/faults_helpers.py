@@ -38,6 +38,10 @@ def broker_app(url: str) -> Celery:
     app = Celery("testcelery", set_as_current=False)
     app.config_from_object("django.conf:settings", namespace="CELERY")
     app.conf.broker_url = url
+    if app.conf.broker_url != url:
+        # Celery 5.5 reads the namespaced name first once the Django settings
+        # are loaded with namespace="CELERY".
+        app.conf["CELERY_BROKER_URL"] = url
     app.conf.broker_transport_options = {}
     # Fail fast when the broker is down: the tests want the caller's error.
     app.conf.broker_connection_timeout = 2

@@ -87,19 +87,20 @@ def test_the_original_routing_is_kept(parked: str) -> None:
 def test_task_routes_apply_where_the_original_had_no_routing(parked: str) -> None:
     stored("unrouted")  # no queue, exchange or routing key recorded
     previous = app.conf.task_routes
-    app.conf.task_routes = {"testcelery.tasks.add": {"queue": parked}}
-    _reload_routes()
+    _set_routes({"testcelery.tasks.add": {"queue": parked}})
     try:
         new_id = TaskResultMeta.objects.get(task_id="unrouted").retry().sent["unrouted"]
     finally:
-        app.conf.task_routes = previous
-        _reload_routes()
+        _set_routes(previous)
     with app.connection_for_write() as conn:
         message = conn.SimpleQueue(parked, no_ack=True).get(timeout=10)
     assert message.headers["id"] == new_id
 
 
-def _reload_routes() -> None:
+def _set_routes(routes: Any) -> None:
+    app.conf.task_routes = routes
+    if app.conf.task_routes != routes:  # Celery 5.5 reads the namespaced name first
+        app.conf["CELERY_TASK_ROUTES"] = routes
     app.amqp.flush_routes()
     app.amqp.__dict__.pop("router", None)
 
