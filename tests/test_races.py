@@ -24,6 +24,7 @@ pytestmark = pytest.mark.worker
 COUNT = 1000
 
 
+@pytest.mark.load
 def test_a_late_publish_write_never_sends_a_record_backwards(worker: Any) -> None:
     """1,000 tasks whose PENDING writes land while, or after, the worker writes their results.
 
@@ -70,6 +71,7 @@ def test_a_late_publish_write_never_sends_a_record_backwards(worker: Any) -> Non
     assert all(json.loads(results[task_id]) == number + 1 for number, task_id in enumerate(ids))
 
 
+@pytest.mark.load
 def test_the_publishers_write_and_the_worker_race_on_1000_tasks(worker: Any) -> None:
     """The ordinary path, with the worker consuming while the publisher writes."""
     with app.producer_or_acquire() as producer:
