@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from celery import states
+from celery import Celery, states
 from django.utils import timezone
 
 from django_celery_fulldbresult.models import TaskResultMeta
@@ -86,23 +86,16 @@ def test_the_original_routing_is_kept(parked: str) -> None:
 
 def test_task_routes_apply_where_the_original_had_no_routing(parked: str) -> None:
     stored("unrouted")  # no queue, exchange or routing key recorded
-    previous = app.conf.task_routes
-    _set_routes({"testcelery.tasks.add": {"queue": parked}})
-    try:
-        new_id = TaskResultMeta.objects.get(task_id="unrouted").retry().sent["unrouted"]
-    finally:
-        _set_routes(previous)
+    routed = Celery("testcelery", set_as_current=False)
+    routed.config_from_object("django.conf:settings", namespace="CELERY")
+    routes = {"testcelery.tasks.add": {"queue": parked}}
+    routed.conf.task_routes = routes
+    if routed.conf.task_routes != routes:  # Celery 5.5 reads the namespaced name first
+        routed.conf["CELERY_TASK_ROUTES"] = routes
+    new_id = TaskResultMeta.objects.get(task_id="unrouted").retry(app=routed).sent["unrouted"]
     with app.connection_for_write() as conn:
         message = conn.SimpleQueue(parked, no_ack=True).get(timeout=10)
     assert message.headers["id"] == new_id
-
-
-def _set_routes(routes: Any) -> None:
-    app.conf.task_routes = routes
-    if app.conf.task_routes != routes:  # Celery 5.5 reads the namespaced name first
-        app.conf["CELERY_TASK_ROUTES"] = routes
-    app.amqp.flush_routes()
-    app.amqp.__dict__.pop("router", None)
 
 
 @pytest.mark.worker
