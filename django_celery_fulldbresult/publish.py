@@ -173,7 +173,8 @@ def connection_for_records(alias: str) -> BaseDatabaseWrapper:
 def close_old_connections(**kwargs: Any) -> None:
     """Close this thread's own connections as Django closes its own (CONN_MAX_AGE).
 
-    Connected to ``request_started`` and ``request_finished`` by the app config.
+    Connected to ``request_started``, ``request_finished`` and Celery's
+    ``task_postrun`` by the app config.
     """
     for connection in getattr(_local, "connections", {}).values():
         connection.close_if_unusable_or_obsolete()
