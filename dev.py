@@ -68,7 +68,9 @@ MATRIX = [
 #: runs) in one run of the matrix only; the others deselect them, so that CI
 #: stays well under 30 minutes on two cores.
 HEAVY_RUN = ("newest", "postgres-redis")
-LIGHT_ARGS = ["-m", "not load", "--ignore=tests/test_bench_smoke.py"]
+LIGHT_ARGS = ["-m", "not load and not packaging", "--ignore=tests/test_bench_smoke.py"]
+#: The packaging tests build and install wheels: ``lint`` runs them, once.
+HEAVY_ARGS = ["-m", "not packaging"]
 
 
 def say(message: str) -> None:
@@ -190,7 +192,9 @@ def test(args: argparse.Namespace) -> int:
                 say("skipping mariadb-rabbitmq: the MySQL driver is not installed (python dev.py test --with-mysql)")
                 targets = [t for t in targets if t != "mariadb-rabbitmq"]
         for target in args.target or available_targets(targets):
-            extra = LIGHT_ARGS if IN_CI and (label, target) != HEAVY_RUN and not args.pytest_args else []
+            extra = []
+            if IN_CI and not args.pytest_args:
+                extra = HEAVY_ARGS if (label, target) == HEAVY_RUN else LIGHT_ARGS
             if run_pytest(python, target, [*extra, *args.pytest_args], label):
                 failures.append(f"{label}/{target}")
     if failures:
