@@ -448,6 +448,8 @@ def run_django_without_beat(tmp_path: Path, settings_body: str, script: str) -> 
     (tmp_path / "nobeat_settings.py").write_text(textwrap.dedent(settings_body))
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="nobeat_settings", PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
     env["FULLDBRESULT_VAR"] = str(tmp_path / "var")
+    # Nothing here depends on the database; MySQL's checks connect to it.
+    env.update(FULLDBRESULT_DB="sqlite", FULLDBRESULT_DB_NAME=str(tmp_path / "db.sqlite3"))
     command = [sys.executable, "-c", textwrap.dedent(script)]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 

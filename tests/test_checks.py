@@ -131,6 +131,10 @@ def run_without_the_app(
         PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}",
         DJANGO_SETTINGS_MODULE="no_app_settings",
         FULLDBRESULT_VAR=str(tmp_path / "var"),
+        # What is checked does not depend on the database; an SQLite file of
+        # its own needs no server database (MySQL's checks connect).
+        FULLDBRESULT_DB="sqlite",
+        FULLDBRESULT_DB_NAME=str(tmp_path / "db.sqlite3"),
     )
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
