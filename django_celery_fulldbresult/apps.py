@@ -14,7 +14,7 @@ class FullDBResultConfig(AppConfig):
 
         from . import checks  # noqa: F401  (registers the system checks)
         from .conf import map_old_ignore_result, map_old_ignore_result_of_existing_apps
-        from .publish import close_old_connections, on_before_task_publish
+        from .publish import close_old_connections, on_before_task_publish, record_groups_in_one_write
 
         # Celery 5.5 does not map the old CELERY_IGNORE_RESULT (see conf.py).
         map_old_ignore_result_of_existing_apps()
@@ -23,6 +23,7 @@ class FullDBResultConfig(AppConfig):
         # Connected always; the handler returns at once unless TRACK_PUBLISH
         # is on, so the setting can be changed at run time (and in tests).
         before_task_publish.connect(on_before_task_publish, weak=False, dispatch_uid="django_celery_fulldbresult")
+        record_groups_in_one_write()
         request_started.connect(close_old_connections, dispatch_uid="django_celery_fulldbresult")
         request_finished.connect(close_old_connections, dispatch_uid="django_celery_fulldbresult")
         task_postrun.connect(close_old_connections, weak=False, dispatch_uid="django_celery_fulldbresult")

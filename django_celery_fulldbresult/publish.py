@@ -28,32 +28,32 @@ Choices, and why:
 * If the write fails, the error is logged and the task is published all the
   same: a task is never lost because its record could not be written. The
   worker's own writes then create the record.
-* Groups: one write per message is one round-trip per member. Inside
-  :func:`batch` the records are kept and written together, in one statement
-  (per :data:`BATCH_SIZE` records), when the block exits — normally or by an
-  exception::
+* Groups: the records of a group's members are written together, in one
+  statement (per :data:`BATCH_SIZE` members), when the group has been sent.
+  Celery has no hook at the end of a group's publication
+  (``group.apply_async`` publishes member after member, each through
+  ``before_task_publish``, and nothing fires after the last), so the app
+  config wraps ``celery.canvas.group.apply_async`` — which also sends a
+  chord's header and a chain's leading group — in :func:`batch`
+  (:func:`record_groups_in_one_write`). The same block is public, for any
+  other run of messages::
 
       with publish.batch():
-          group(add.s(i, i) for i in range(100)).apply_async()
+          for order in orders:
+              ship.delay(order.pk)
 
-  Why a block, and why the records are written at its end: Celery has no
-  hook at the end of a group's publication (``group.apply_async`` publishes
-  member after member, each through ``before_task_publish``, and nothing
-  fires after the last), and the rows cannot be known before the messages
-  are built: a member's routing, ETA, expiry and merged arguments are set by
-  ``amqp.send_task_message`` as each one is sent, and members may be chains
-  or chords. So the messages go out first and their records follow within
-  the block's duration. That order is safe: a worker that runs a task first
-  writes its own record, which the insert-if-absent write never overwrites
-  (that record then has no ``date_submitted``: keep the block around the
-  sending only);
-  the records are written before the block exits, and after every
-  :data:`BATCH_SIZE` messages, so a process that goes on running never keeps
-  one unwritten; a failed write is logged, as outside a block. Only a process
-  killed inside the block loses the PENDING records of the messages it sent
-  in it (their tasks' records are still written by the worker that runs them).
-  The retry module needs no block: it knows the rows before it sends, and
-  writes them first.
+  In a block the records are kept and written when it exits — normally or by
+  an exception — and after every :data:`BATCH_SIZE` messages. Why they follow
+  the messages instead of preceding them: the rows cannot be known before the
+  messages are built (a member's routing, ETA, expiry and merged arguments are
+  set by ``amqp.send_task_message`` as each one is sent, and members may be
+  chains or chords). That order is safe: a worker that runs a task first
+  writes its own record, which the insert-if-absent write never overwrites; it
+  only adds the submission time the worker does not know. A failed write is
+  logged, as outside a block. Only a process killed inside the block loses the
+  PENDING records of the messages it sent in it (their tasks' records are
+  still written by the worker that runs them). The retry module needs no
+  block: it knows the rows before it sends, and writes them first.
 """
 
 from __future__ import annotations
@@ -252,6 +252,29 @@ def batch() -> Iterator[None]:
     finally:
         rows, _local.buffer = _local.buffer, None
         _write_batch(rows)
+
+
+def record_groups_in_one_write() -> None:
+    """Wrap ``celery.canvas.group.apply_async`` in :func:`batch` (once; called by the app config).
+
+    With TRACK_PUBLISH off the wrapper only calls Celery's method. A Celery
+    without that method keeps one write per member.
+    """
+    from celery.canvas import group
+
+    original = getattr(group, "apply_async", None)
+    if original is None or getattr(original, "fulldbresult_batched", False):
+        return
+
+    @functools.wraps(original)
+    def apply_async(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not app_settings.TRACK_PUBLISH or getattr(_local, "buffer", None) is not None:
+            return original(self, *args, **kwargs)
+        with batch():
+            return original(self, *args, **kwargs)
+
+    apply_async.fulldbresult_batched = True  # type: ignore[attr-defined]
+    group.apply_async = apply_async  # type: ignore[method-assign]
 
 
 def _write_batch(rows: list[dict[str, Any]]) -> None:

@@ -1,14 +1,40 @@
 """The two writes that run for every task, each one statement, one round-trip.
 
 * :func:`store_state` — the worker's write of a state change. It inserts the
-  record or updates it, keeps what the write does not know (a write without
-  arguments never wipes stored ones), and never lets an unfinished state
-  (PENDING, STARTED, RETRY, ...) overwrite a finished one (SUCCESS, FAILURE,
-  REVOKED): a late STARTED or RETRY from another process cannot undo a result.
+  record or updates it, and keeps what the write does not know (a write
+  without arguments never wipes stored ones). Writes from different processes
+  land in any order, so a write never replaces a state that comes after its
+  own:
+
+  - A finished state (SUCCESS, FAILURE, REVOKED) always applies, whatever its
+    retry count, and no unfinished one ever replaces it: a late STARTED or
+    RETRY from another process cannot undo a result.
+  - Unfinished states are ordered by (retry count, phase), the phase being
+    *waiting* (PENDING, RETRY), then *running* (STARTED, RECEIVED and any
+    other state, e.g. PROGRESS from ``update_state``). Between equals the
+    later write wins (PROGRESS after STARTED, ``update_state`` again). The
+    RETRY write of attempt n counts n + 1, the attempt it waits for: when
+    attempt n + 1, re-published first, has already written STARTED in
+    another process, the late RETRY leaves it be.
+  - An earlier attempt's write never replaces a later one's, even a running
+    one over a waiting one: a STARTED of attempt n after attempt n + 1's (or
+    after attempt n's own RETRY) is its message redelivered (a worker lost
+    with ``acks_late``), a duplicate run the record does not follow. Its end,
+    if it finishes, applies like any finished state.
+  - Except for a RETRY over its own attempt's running state. With
+    TRACK_PUBLISH, the ``Task.retry()`` re-publish counts the retry in the
+    stored record (STARTED of attempt n, counted n + 1) before the RETRY
+    write of attempt n lands. The RETRY write carries its attempt's
+    ``date_started`` (the backend keeps it on the request): the same stored
+    ``date_started``, or none on either side (no ``task_track_started``),
+    means the running state is that attempt's own, and RETRY applies.
+  - A write without a request counts retry 0.
 * :func:`record_published` — the publisher's write (TRACK_PUBLISH), for one
   message or many. It inserts the record if it is absent and otherwise
-  changes nothing, except for a ``Task.retry()`` re-publish of an unfinished
-  task, which updates the retry count, ETA and expiry.
+  changes nothing, except for two things: the submission time, when the
+  worker's record came first (a group's members are recorded after they are
+  sent, see :mod:`.publish`), and, for a ``Task.retry()`` re-publish of an
+  unfinished task, the retry count, ETA and expiry.
 
 PostgreSQL and SQLite use ``INSERT ... ON CONFLICT``, MySQL and MariaDB
 ``INSERT ... ON DUPLICATE KEY UPDATE``. Any other database gets a
@@ -29,6 +55,8 @@ if TYPE_CHECKING:
     from .models import TaskResultMeta
 
 FINISHED = sorted(states.READY_STATES)
+#: Unfinished states that wait for an attempt; the others are a running attempt's.
+WAITING = (states.PENDING, states.RETRY)
 
 #: Columns written by the worker at each state change.
 STATE_COLUMNS = (
@@ -210,14 +238,22 @@ def _record_published_sql(connection: BaseDatabaseWrapper, count: int) -> str:
     finished = _finished_list(connection)
     placeholders = ", ".join(["(%s)" % ", ".join(["%s"] * len(PUBLISH_COLUMNS))] * count)
     insert = f"INSERT INTO {table} ({', '.join(q.values())}) VALUES {placeholders}"
+    submitted = q["date_submitted"]
     if vendor == "mysql":
         guard = f"VALUES({q['retries']}) > {q['retries']} AND {q['status']} NOT IN ({finished})"
-        sets = [f"{q[name]} = IF({guard}, VALUES({q[name]}), {q[name]})" for name in REPUBLISHED]
+        # The guard reads retries: it is assigned last (MySQL assigns left to right).
+        sets = [f"{submitted} = COALESCE({submitted}, VALUES({submitted}))"]
+        sets += [f"{q[name]} = IF({guard}, VALUES({q[name]}), {q[name]})" for name in REPUBLISHED]
         sql = f"{insert} ON DUPLICATE KEY UPDATE {', '.join(sets)}"
     else:
-        sets = [f"{q[name]} = EXCLUDED.{q[name]}" for name in REPUBLISHED]
         guard = f"EXCLUDED.{q['retries']} > {table}.{q['retries']} AND {table}.{q['status']} NOT IN ({finished})"
-        sql = f"{insert} ON CONFLICT ({q['task_id']}) DO UPDATE SET {', '.join(sets)} WHERE {guard}"
+        sets = [f"{submitted} = COALESCE({table}.{submitted}, EXCLUDED.{submitted})"]
+        sets += [
+            f"{q[name]} = CASE WHEN {guard} THEN EXCLUDED.{q[name]} ELSE {table}.{q[name]} END" for name in REPUBLISHED
+        ]
+        # Rows that change nothing are not rewritten.
+        where = f"{guard} OR {table}.{submitted} IS NULL"
+        sql = f"{insert} ON CONFLICT ({q['task_id']}) DO UPDATE SET {', '.join(sets)} WHERE {where}"
     return sql
 
 
@@ -248,6 +284,9 @@ def _record_published_portable(connection: BaseDatabaseWrapper, rows: Sequence[d
             with transaction.atomic(using=connection.alias):
                 manager.create(**{name: row.get(name) for name in PUBLISH_COLUMNS if row.get(name) is not None})
         except IntegrityError:
+            manager.filter(task_id=row["task_id"], date_submitted__isnull=True).update(
+                date_submitted=row.get("date_submitted")
+            )
             manager.filter(task_id=row["task_id"], retries__lt=row.get("retries") or 0).exclude(
                 status__in=states.READY_STATES
             ).update(**{name: row.get(name) for name in REPUBLISHED})

@@ -1,4 +1,4 @@
-"""``publish.batch()``: the publish records of a group written in one statement, and never lost."""
+"""Groups and ``publish.batch()``: the publish records of many messages in one statement, and never lost."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import group, states
+from celery import chord, group, states
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_celery_fulldbresult import publish
@@ -34,6 +35,32 @@ def parked() -> Iterator[str]:
 
 def inserts(queries: CaptureQueriesContext) -> list[str]:
     return [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+
+
+def test_a_plain_group_of_100_is_recorded_in_one_write(parked: str) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        result = group(tasks.add.s(i, i) for i in range(100)).apply_async(queue=parked)
+    assert len(inserts(queries)) == 1, "one bulk write for the whole group, without a block"
+    members = TaskResultMeta.objects.filter(group_id=result.id)
+    assert members.filter(status=states.PENDING, date_submitted__isnull=False, queue=parked).count() == 100
+    assert sorted(json.loads(m.args)[0] for m in members) == list(range(100))
+
+
+def test_a_chord_header_is_recorded_in_one_write(parked: str) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        result = chord([tasks.add.si(i, 0) for i in range(20)], tasks.tsum.s()).apply_async(queue=parked)
+    header = TaskResultMeta.objects.filter(group_id=result.parent.id)
+    assert header.filter(status=states.PENDING, date_submitted__isnull=False).count() == 20
+    records = [sql for sql in inserts(queries) if TaskResultMeta._meta.db_table in sql.split("(")[0]]
+    assert len(records) == 1, "the chord counter aside, one write"
+
+
+@override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=False)
+def test_a_group_does_nothing_when_the_setting_is_off(parked: str) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        result = group(tasks.add.s(i, i) for i in range(10)).apply_async(queue=parked)
+    assert len(queries) == 0
+    assert not TaskResultMeta.objects.filter(group_id=result.id).exists()
 
 
 def test_a_group_of_100_is_recorded_in_one_write(parked: str) -> None:
@@ -94,6 +121,8 @@ def test_a_task_finished_before_the_block_ends_keeps_its_result(worker: Any) -> 
     assert record.status == states.SUCCESS
     assert record.result == 42
     assert json.loads(record.args) == [20, 22]
+    assert record.date_submitted is not None, "the late publish write adds the submission time, nothing else"
+    assert record.date_submitted <= record.date_started
 
 
 def test_a_failed_batch_write_is_logged_and_the_tasks_are_still_sent(
