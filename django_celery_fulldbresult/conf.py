@@ -32,6 +32,11 @@ class Settings:
         return bool(self._get("TRACK_PUBLISH", False))
 
     @property
+    def PUBLISH_SYNCHRONOUS_COMMIT(self) -> bool:
+        """PostgreSQL: False commits the publish write without waiting for the disk flush."""
+        return bool(self._get("PUBLISH_SYNCHRONOUS_COMMIT", True))
+
+    @property
     def USE_JSON(self) -> bool:
         """Store results as plain JSON text, whatever ``result_serializer`` is."""
         return bool(self._get("USE_JSON", False))
@@ -91,6 +96,7 @@ def _is_timeout(value: Any) -> bool:
 #: Setting name (without the prefix) -> (valid?, what a valid value is).
 RULES: dict[str, tuple[Callable[[Any], bool], Any]] = {
     "TRACK_PUBLISH": (_is_bool, _("True or False")),
+    "PUBLISH_SYNCHRONOUS_COMMIT": (_is_bool, _("True or False")),
     "USE_JSON": (_is_bool, _("True or False")),
     "FORCE_JSON": (_is_bool, _("True or False")),
     "OVERRIDE_DJCELERY_ADMIN": (_is_bool, _("True or False")),

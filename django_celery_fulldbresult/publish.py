@@ -25,6 +25,14 @@ Choices, and why:
 * A connection the database dropped is replaced once, as for the worker's
   writes, so a long-running publisher (beat, a script) recovers from a
   database restart.
+* The write waits for its commit to be flushed to disk, like any other, unless
+  ``PUBLISH_SYNCHRONOUS_COMMIT = False`` (PostgreSQL only): then its
+  transaction commits with ``synchronous_commit`` off, which takes most of the
+  write's time off the caller's ``apply_async``. The price: a crash of the
+  PostgreSQL server can lose the PENDING records of the last moments (up to
+  three times ``wal_writer_delay``, 0.6 s by default; the database stays
+  consistent). Off by default: a crash of the whole host can drop the broker's
+  latest messages too, and those records are what finds them.
 * If the write fails, the error is logged and the task is published all the
   same: a task is never lost because its record could not be written. The
   worker's own writes then create the record.
@@ -199,7 +207,7 @@ def write_records(rows: Sequence[dict[str, Any]], using: str | None = None) -> N
         with transaction.atomic(using=alias):
             record_published(connection, rows)
         return
-    with_reconnect(connection, record_published, rows)
+    with_reconnect(connection, record_published, rows, app_settings.PUBLISH_SYNCHRONOUS_COMMIT)
 
 
 def _in_event_loop() -> bool:

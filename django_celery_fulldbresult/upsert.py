@@ -217,8 +217,15 @@ def with_reconnect(connection: BaseDatabaseWrapper, write: Any, *args: Any) -> N
         write(connection, *args)
 
 
-def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert the records of published messages that have none yet, in one statement."""
+def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, Any]], synchronous: bool = True) -> None:
+    """Insert the records of published messages that have none yet, in one statement.
+
+    ``synchronous=False``, on PostgreSQL in autocommit: the statement is its
+    own transaction committed with ``synchronous_commit`` off (``SET LOCAL``,
+    sent with it in one round-trip): the commit does not wait for the log's
+    flush to disk. Elsewhere (another database, the caller's transaction,
+    server-side binding, which refuses two statements in one) it changes nothing.
+    """
     if not rows:
         return
     vendor = connection.vendor
@@ -226,8 +233,22 @@ def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, A
         _record_published_portable(connection, rows)
         return
     sql = _cached_sql(connection, "publish", len(rows), _record_published_sql)
+    if not synchronous and _can_commit_asynchronously(connection):
+        sql = ASYNCHRONOUS_COMMIT + sql
     with connection.cursor() as cursor:
         cursor.execute(sql, _params(connection, PUBLISH_COLUMNS, rows))
+
+
+#: PostgreSQL runs the statements of one simple query as one implicit transaction, which SET LOCAL applies to.
+ASYNCHRONOUS_COMMIT = "SET LOCAL synchronous_commit TO OFF; "
+
+
+def _can_commit_asynchronously(connection: BaseDatabaseWrapper) -> bool:
+    return (
+        connection.vendor == "postgresql"
+        and not connection.in_atomic_block
+        and not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
+    )
 
 
 def _record_published_sql(connection: BaseDatabaseWrapper, count: int) -> str:

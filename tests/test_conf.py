@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Setting -> (a value a project sets, what app_settings gives for it).
 VALUES: dict[str, tuple[Any, Any]] = {
     "TRACK_PUBLISH": (False, False),
+    "PUBLISH_SYNCHRONOUS_COMMIT": (False, False),
     "USE_JSON": (True, True),
     "FORCE_JSON": (True, True),
     "OVERRIDE_DJCELERY_ADMIN": (True, True),
@@ -57,6 +58,7 @@ def test_a_lone_redacted_name_is_one_name() -> None:
     ("name", "value"),
     [
         ("TRACK_PUBLISH", "yes"),
+        ("PUBLISH_SYNCHRONOUS_COMMIT", "off"),
         ("STALE_AFTER", -5),
         ("STALE_AFTER", timedelta(seconds=-1)),
         ("STALE_AFTER", "1h"),

@@ -14,6 +14,7 @@ from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext, override_settings
 
 from django_celery_fulldbresult.models import TaskResultMeta
+from django_celery_fulldbresult.upsert import ASYNCHRONOUS_COMMIT
 from testcelery import tasks
 from testcelery.celery import app
 
@@ -179,3 +180,30 @@ def _visible_elsewhere(task_id: str) -> bool:
             return bool(cursor.fetchone()[0])
     finally:
         other.close()
+
+
+@override_settings(DJANGO_CELERY_FULLDBRESULT_PUBLISH_SYNCHRONOUS_COMMIT=False)
+def test_an_asynchronous_publish_commit_is_one_round_trip_and_changes_no_session(parked: str) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        result = tasks.add.apply_async((1, 2), queue=parked)
+    assert len(queries) == 1
+    assert _visible_elsewhere(result.id), "committed when apply_async returns"
+    if connection.vendor != "postgresql":
+        assert queries[0]["sql"].startswith("INSERT"), "PostgreSQL only: elsewhere nothing changes"
+        return
+    assert queries[0]["sql"].startswith(ASYNCHRONOUS_COMMIT + "INSERT")
+    with connection.cursor() as cursor:
+        # SET LOCAL applies to the implicit transaction of the statements sent together...
+        cursor.execute(ASYNCHRONOUS_COMMIT + "SELECT current_setting('synchronous_commit')")
+        if cursor.description is None:  # psycopg 3 keeps each statement's result: the SET's first
+            cursor.nextset()
+        assert cursor.fetchone()[0] == "off"
+        # ... and to nothing after it.
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+    with transaction.atomic():
+        inside = tasks.add.apply_async((3, 4), queue=parked)
+        assert _visible_elsewhere(inside.id), "the record's own connection, outside this transaction"
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone()[0] == "on", "the caller's transaction commits as it always did"
