@@ -8,6 +8,7 @@ extends (its ``GroupResult`` and ``ChordCounter`` models), so
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,20 @@ def task_model() -> type[TaskResultMeta]:
     from .models import TaskResultMeta
 
     return TaskResultMeta
+
+
+#: Where the backend keeps, on the worker's request, when its attempt started.
+_STARTED_ATTRIBUTE = "_fulldbresult_date_started"
+
+
+def _set_started(request: Any, when: Any) -> None:
+    # A request that takes no attribute: the guard does without (see .upsert).
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(request, _STARTED_ATTRIBUTE, when)
+
+
+def _started(request: Any) -> Any:
+    return getattr(request, _STARTED_ATTRIBUTE, None)
 
 
 class DatabaseResultBackend(DatabaseBackend):
@@ -117,10 +132,14 @@ class DatabaseResultBackend(DatabaseBackend):
             periodic_task_name=clean_text(getattr(request, "periodic_task_name", None)),
             meta=json.dumps({"children": children}) if children else None,
         )
+        if state == states.STARTED:
+            _set_started(request, now)
         if state == states.RETRY:
             # The record now waits for the next attempt, whose ETA and expiry
             # the re-publication knows, not this request: keep the stored ones.
-            row.update(retries=row["retries"] + 1, eta=None, expires=None)
+            # This attempt's start tells the write's guard whether the stored
+            # running state is this attempt's own (see .upsert).
+            row.update(retries=row["retries"] + 1, eta=None, expires=None, date_started=_started(request))
         args, kwargs = getattr(request, "args", None), getattr(request, "kwargs", None)
         if args is not None or kwargs is not None:
             row.update(encode_arguments(args, kwargs)._asdict())

@@ -168,23 +168,39 @@ def _store_state_sql(connection: BaseDatabaseWrapper, count: int) -> str:
     finished = _finished_list(connection)
     placeholders = "(%s)" % ", ".join(["%s"] * len(STATE_COLUMNS))
     insert = f"INSERT INTO {table} ({', '.join(q.values())}) VALUES {placeholders}"
+    waiting = ", ".join("'%s'" % state for state in WAITING)
     if vendor == "mysql":
-        guard = f"NOT ({q['status']} IN ({finished}) AND VALUES({q['status']}) NOT IN ({finished}))"
+        new, old, same = "VALUES({})".format, "{}".format, "<=>"
+    else:
+        new, old = "EXCLUDED.{}".format, f"{table}.{{}}".format
+        same = "IS" if vendor == "sqlite" else "IS NOT DISTINCT FROM"
+    status, retries, started = (q["status"], q["retries"], q["date_started"])
+    # The order of the module's docstring: does the write come after the stored state?
+    guard = (
+        f"{new(status)} IN ({finished}) OR ({old(status)} NOT IN ({finished}) AND ("
+        f"{new(retries)} > {old(retries)} OR ({new(retries)} = {old(retries)} AND ("
+        f"{new(status)} NOT IN ({waiting}) OR {old(status)} IN ({waiting})"
+        f" OR ({new(status)} = '{states.RETRY}' AND {new(started)} {same} {old(started)})))))"
+    )
+    if vendor == "mysql":
         sets = []
         # MySQL applies assignments left to right and later ones see the new
-        # values: status, which the guard reads, must come last.
-        for name in sorted(set(STATE_COLUMNS) - {"task_id"}, key=lambda n: n == "status"):
-            new = _state_value(vendor, name, f"VALUES({q[name]})", q[name], f"VALUES({q['args']})")
-            sets.append(f"{q[name]} = IF({guard}, {new}, {q[name]})")
+        # values. The guard reads date_started, status and retries: assigned
+        # in this order, last, each keeps a true guard true for the next
+        # (assigned first, retries would turn a PENDING of a higher count over
+        # a STARTED into an equal count and a lower phase: false).
+        last = {"date_started": 1, "status": 2, "retries": 3}
+        for name in sorted(set(STATE_COLUMNS) - {"task_id"}, key=lambda n: (last.get(n, 0), n)):
+            value = _state_value(vendor, name, new(q[name]), q[name], new(q["args"]))
+            sets.append(f"{q[name]} = IF({guard}, {value}, {q[name]})")
         sql = f"{insert} ON DUPLICATE KEY UPDATE {', '.join(sets)}"
     else:
         sets = []
         for name in STATE_COLUMNS:
             if name == "task_id":
                 continue
-            new = _state_value(vendor, name, f"EXCLUDED.{q[name]}", f"{table}.{q[name]}", f"EXCLUDED.{q['args']}")
-            sets.append(f"{q[name]} = {new}")
-        guard = f"NOT ({table}.{q['status']} IN ({finished}) AND EXCLUDED.{q['status']} NOT IN ({finished}))"
+            value = _state_value(vendor, name, new(q[name]), old(q[name]), new(q["args"]))
+            sets.append(f"{q[name]} = {value}")
         sql = f"{insert} ON CONFLICT ({q['task_id']}) DO UPDATE SET {', '.join(sets)} WHERE {guard}"
     return sql
 
@@ -289,12 +305,24 @@ def _store_state_portable(connection: BaseDatabaseWrapper, row: dict[str, Any]) 
                 return
             except IntegrityError:
                 record = manager.select_for_update().get(task_id=row["task_id"])
-        if record.status in states.READY_STATES and row["status"] not in states.READY_STATES:
+        # The guard of _store_state_sql (the order of the module's docstring).
+        status, retries = row["status"], row.get("retries") or 0
+        if status not in states.READY_STATES and (
+            record.status in states.READY_STATES
+            or retries < record.retries
+            or (
+                retries == record.retries
+                and status in WAITING
+                and record.status not in WAITING
+                and not (status == states.RETRY and row.get("date_started") == record.date_started)
+            )
+        ):
             return
+        retries = max(record.retries, retries)
         for name in STATE_COLUMNS:
             if name in REPLACED or row.get(name) is not None:
                 setattr(record, name, row.get(name))
-        record.retries = max(record.retries, row.get("retries") or 0)
+        record.retries = retries
         record.save()
 
 
