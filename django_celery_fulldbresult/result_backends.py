@@ -73,6 +73,19 @@ def _started(request: Any) -> Any:
     return getattr(request, _STARTED_ATTRIBUTE, None)
 
 
+#: Where the backend notes, on the worker's request, the task whose arguments it has written.
+_ARGUMENTS_ATTRIBUTE = "_fulldbresult_arguments_of"
+
+
+def _arguments_written(request: Any, task_id: str) -> bool:
+    return getattr(request, _ARGUMENTS_ATTRIBUTE, None) == task_id
+
+
+def _note_arguments_written(request: Any, task_id: str) -> None:
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(request, _ARGUMENTS_ATTRIBUTE, task_id)
+
+
 class DatabaseResultBackend(DatabaseBackend):
     """A result backend that keeps the task's name, real arguments, routing and timing."""
 
@@ -141,7 +154,10 @@ class DatabaseResultBackend(DatabaseBackend):
             # running state is this attempt's own (see .upsert).
             row.update(retries=row["retries"] + 1, eta=None, expires=None, date_started=_started(request))
         args, kwargs = getattr(request, "args", None), getattr(request, "kwargs", None)
-        if args is not None or kwargs is not None:
+        # Written with the attempt's first state only: a later state's write
+        # without them keeps the stored ones (a 5 MB argument is not sent
+        # again with STARTED, PROGRESS and SUCCESS).
+        if (args is not None or kwargs is not None) and not _arguments_written(request, task_id):
             row.update(encode_arguments(args, kwargs)._asdict())
         return row
 
@@ -166,6 +182,8 @@ class DatabaseResultBackend(DatabaseBackend):
         # A connection the database dropped (restart, idle timeout, failover)
         # is replaced once before the error reaches Celery's own retries.
         with_reconnect(connections[alias], store_state, row)
+        if "args" in row and request is not None:
+            _note_arguments_written(request, task_id)
         return result
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:

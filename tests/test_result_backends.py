@@ -129,3 +129,35 @@ def test_store_is_one_statement() -> None:
     with CaptureQueriesContext(connection) as queries:
         backend.store_result("one-trip", 42, states.SUCCESS)
     assert len(queries) == 1, [q["sql"] for q in queries]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_arguments_are_sent_with_the_first_state_of_an_attempt_only() -> None:
+    """A big argument is written once per attempt, not again with each state; the record keeps it."""
+    from types import SimpleNamespace
+
+    from django.test.utils import CaptureQueriesContext
+
+    big = "x" * 200_000
+    attempt = SimpleNamespace(
+        id="big-args", task="testcelery.tasks.echo", args=[big], kwargs={"n": 1}, hostname="w1@host",
+        delivery_info={"routing_key": "celery"}, retries=0, children=[],
+    )  # fmt: skip
+    backend = app.backend
+    with CaptureQueriesContext(connection) as queries:
+        backend.store_result("big-args", {"pid": 1}, states.STARTED, request=attempt)
+        backend.store_result("big-args", {"step": 1}, "PROGRESS", request=attempt)
+        backend.store_result("big-args", "done", states.SUCCESS, request=attempt)
+    sizes = [len(q["sql"]) for q in queries.captured_queries]
+    assert len(sizes) == 3
+    assert sizes[0] > len(big) > 10 * max(sizes[1:]), sizes
+    record = TaskResultMeta.objects.get(task_id="big-args")
+    assert (record.status, json.loads(record.args), json.loads(record.kwargs)) == (states.SUCCESS, [big], {"n": 1})
+    assert record.not_retryable_reason == ""
+
+    # The next attempt (a new request: Task.retry() may change the arguments) writes its own.
+    retried = SimpleNamespace(**{**vars(attempt), "args": ["changed"], "retries": 1})
+    for name in [n for n in vars(retried) if n.startswith("_fulldbresult")]:
+        delattr(retried, name)
+    backend.store_result("big-args", "again", states.SUCCESS, request=retried)
+    assert json.loads(TaskResultMeta.objects.get(task_id="big-args").args) == ["changed"]
