@@ -129,12 +129,12 @@ def _field(name: str) -> Any:
     return _model()._meta.get_field(name)
 
 
-#: Generated SQL, per (vendor, kind, number of rows): the text depends on nothing else.
+#: Generated SQL, per (database, kind, number of rows): the text depends on nothing else.
 _SQL: dict[tuple[str, str, int], str] = {}
 
 
 def _cached_sql(connection: BaseDatabaseWrapper, kind: str, count: int, build: Any) -> str:
-    key = (connection.vendor, kind, count)
+    key = (connection.display_name, kind, count)  # MySQL and MariaDB apart
     sql = _SQL.get(key)
     if sql is None:
         if len(_SQL) > 256:  # odd batch sizes must not grow it without bound
@@ -160,6 +160,10 @@ def store_state(connection: BaseDatabaseWrapper, row: dict[str, Any]) -> None:
         cursor.execute(sql, _params(connection, STATE_COLUMNS, [row]))
 
 
+#: MariaDB's session variable for the state write's guard (see _store_state_sql).
+GUARD_VARIABLE = "@fulldbresult_apply"
+
+
 def _store_state_sql(connection: BaseDatabaseWrapper, count: int) -> str:
     vendor = connection.vendor
     model = _model()
@@ -182,20 +186,25 @@ def _store_state_sql(connection: BaseDatabaseWrapper, count: int) -> str:
         f"{new(status)} NOT IN ({waiting}) OR {old(status)} IN ({waiting})"
         f" OR ({new(status)} = '{states.RETRY}' AND {new(started)} {same} {old(started)})))))"
     )
+    sets: list[str] = []
     if vendor == "mysql":
-        sets = []
         # MySQL applies assignments left to right and later ones see the new
         # values. The guard reads date_started, status and retries: assigned
         # in this order, last, each keeps a true guard true for the next
         # (assigned first, retries would turn a PENDING of a higher count over
         # a STARTED into an equal count and a lower phase: false).
         last = {"date_started": 1, "status": 2, "retries": 3}
+        # MariaDB: the first assignment keeps the guard's answer in a session
+        # variable the others read, instead of the guard written out in each
+        # of them (2.7 kB of SQL per write instead of 10 kB). MySQL 8.0.22
+        # deprecates variables set in expressions: there it is written out.
+        once = connection.display_name == "MariaDB"
         for name in sorted(set(STATE_COLUMNS) - {"task_id"}, key=lambda n: (last.get(n, 0), n)):
             value = _state_value(vendor, name, new(q[name]), q[name], new(q["args"]))
-            sets.append(f"{q[name]} = IF({guard}, {value}, {q[name]})")
+            test = guard if not once else f"{GUARD_VARIABLE} := ({guard})" if not sets else GUARD_VARIABLE
+            sets.append(f"{q[name]} = IF({test}, {value}, {q[name]})")
         sql = f"{insert} ON DUPLICATE KEY UPDATE {', '.join(sets)}"
     else:
-        sets = []
         for name in STATE_COLUMNS:
             if name == "task_id":
                 continue
