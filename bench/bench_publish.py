@@ -74,6 +74,33 @@ def groups(app: Any, task: Any, count: int, size: int, on: bool) -> Callable[[],
     return run
 
 
+def write_alone(count: int, synchronous: bool) -> Callable[[], float]:
+    """The publish write by itself (``upsert.record_published``, one row per call), no broker."""
+    import uuid
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from django_celery_fulldbresult.upsert import record_published
+
+    def run() -> float:
+        now = timezone.now()
+        rows = [
+            {"task_id": str(uuid.uuid4()), "task": "bench.celery_app.noop", "status": "PENDING", "args": "[1]",
+             "kwargs": '{"payload": "' + "x" * 40 + '"}', "not_retryable_reason": "", "routing_key": QUEUE,
+             "queue": QUEUE, "date_submitted": now, "date_done": now}
+            for _ in range(count)
+        ]  # fmt: skip
+
+        def work() -> None:
+            for row in rows:
+                record_published(connection, [row], synchronous)
+
+        return rate(count, work)
+
+    return run
+
+
 def statements(work: Callable[[], Any]) -> list[str]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -122,6 +149,19 @@ def main() -> None:
     )
     print(f"  latency: {1e6 / off:.0f} µs off, {1e6 / on:.0f} µs on: +{100 * (off / on - 1):.0f}%")
     print(f"  latency, asynchronous commit: {1e6 / fast:.0f} µs: +{100 * (off / fast - 1):.0f}%")
+
+    # What the write itself costs, without Celery or the broker: the floor of
+    # what any synchronous publish write into this table adds.
+    rates = alternate(
+        {
+            "the write alone": write_alone(count, True),
+            "the write alone, asynchronous commit": write_alone(count, False),
+        },
+        rounds,
+    )
+    report(f"record_published alone, {args.db}, {count} rows per round, one per call", "writes/s", rates)
+    for name, values in rates.items():
+        print(f"  {name}: {1e6 / statistics.median(values):.0f} µs per write")
 
     rates = alternate(
         {
