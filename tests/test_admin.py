@@ -202,6 +202,52 @@ def test_count_is_capped_and_pages_stop(admin_client: Client, monkeypatch: pytes
 
 
 @pytest.mark.django_db
+def test_a_count_given_up_still_lists_the_page(admin_client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fdr_admin.EstimatedCountPaginator, "_capped_count", lambda self, queryset: None)
+    monkeypatch.setattr(fdr_admin.TaskResultMetaAdmin, "list_per_page", 2)
+    failed = {record(status=states.FAILURE).task_id for _ in range(3)}
+    response = admin_client.get(reverse(CHANGELIST), {"status": "FAILURE"})
+    assert "too many to count quickly" in response.content.decode()
+    assert len(listed_ids(response)) == 2 and listed_ids(response) <= failed
+    assert response.context["cl"].paginator.num_pages > 1
+    # A first page that is not full is the whole count.
+    monkeypatch.setattr(fdr_admin.TaskResultMetaAdmin, "list_per_page", 100)
+    response = admin_client.get(reverse(CHANGELIST), {"status": "FAILURE"})
+    assert listed_ids(response) == failed
+    assert "3 task results" in response.content.decode()
+    assert response.context["cl"].paginator.num_pages == 1
+
+
+@pytest.mark.django_db
+def test_a_slow_count_is_cut_off_on_postgresql(admin_client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A count slower than COUNT_TIMEOUT_MS is given up, the page still comes, the timeout goes with it."""
+    if connection.vendor != "postgresql":
+        pytest.skip("statement_timeout is PostgreSQL's")
+    counted: list[int | None] = []
+    original = fdr_admin.EstimatedCountPaginator._capped_count
+
+    def spy(self: Any, queryset: Any) -> int | None:
+        counted.append(original(self, queryset))
+        return counted[-1]
+
+    def slow(self: Any, request: Any) -> Any:
+        # Every row costs the database 0.1 s: the count cannot finish in 30 ms.
+        return TaskResultMeta.objects.extra(where=["pg_sleep(0.1) IS NOT NULL"])
+
+    monkeypatch.setattr(fdr_admin.EstimatedCountPaginator, "_capped_count", spy)
+    monkeypatch.setattr(fdr_admin.TaskResultMetaAdmin, "get_queryset", slow)
+    record(status=states.FAILURE)
+    response = admin_client.get(reverse(CHANGELIST), {"status": "FAILURE"})
+    assert response.status_code == 200
+    assert counted == [None], "the count was given up"
+    assert len(listed_ids(response)) == 1
+    assert "1 task result" in response.content.decode(), "settled by the short first page"
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == "0", "the timeout ends with the count"
+
+
+@pytest.mark.django_db
 def test_unfiltered_count_is_the_planner_estimate_on_postgresql(
     admin_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
