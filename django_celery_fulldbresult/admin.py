@@ -41,6 +41,8 @@ COUNT_CAP = 10_000
 COUNT_TIMEOUT_MS = 30
 #: PostgreSQL's SQLSTATE for a statement cancelled by ``statement_timeout``.
 QUERY_CANCELED = "57014"
+#: The most records one click of a retry action sends.
+RETRY_ACTION_LIMIT = 10_000
 #: How many task names and states the filters offer.
 FILTER_CHOICES = 300
 #: How many new ids a message lists before "...".
@@ -440,11 +442,25 @@ class TaskResultMetaAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description=_("Retry Tasks"), permissions=["retry"])
     def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        self.report_retry(request, retry_records(queryset.defer(None), force=False))
+        if self.within_retry_limit(request, queryset):
+            self.report_retry(request, retry_records(queryset.defer(None), force=False))
 
     @admin.action(description=_("Retry Tasks, even if already retried"), permissions=["retry"])
     def force_retry_tasks(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        self.report_retry(request, retry_records(queryset.defer(None), force=True))
+        if self.within_retry_limit(request, queryset):
+            self.report_retry(request, retry_records(queryset.defer(None), force=True))
+
+    def within_retry_limit(self, request: HttpRequest, queryset: QuerySet[Any]) -> bool:
+        """Whether the selection is small enough for one click ("select all" can reach millions)."""
+        selected = queryset.order_by()[: RETRY_ACTION_LIMIT + 1].count()
+        if selected <= RETRY_ACTION_LIMIT:
+            return True
+        message = gettext(
+            "Nothing was sent: more than %(limit)d tasks are selected, and the admin sends at most %(limit)d "
+            "at once. Filter the list further, or use QuerySet.retry() or find_stale_tasks --retry."
+        ) % {"limit": RETRY_ACTION_LIMIT}
+        self.message_user(request, message, messages.ERROR)
+        return False
 
     def report_retry(self, request: HttpRequest, report: RetryReport) -> None:
         if report.sent:

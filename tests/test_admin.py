@@ -428,6 +428,22 @@ def test_retried_task_runs_on_a_real_worker(admin_client: Client, start_worker: 
     assert done.retry_of == failed.task_id
 
 
+@pytest.mark.django_db
+def test_retry_action_refuses_a_selection_over_its_limit(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch, purge_broker: None
+) -> None:
+    monkeypatch.setattr(fdr_admin, "RETRY_ACTION_LIMIT", 2)
+    failed = [record(status=states.FAILURE) for _ in range(3)]
+    response = admin_client.post(
+        reverse(CHANGELIST),
+        {"action": "retry_tasks", "select_across": "1", "index": "0", "_selected_action": [failed[0].pk]},
+        follow=True,
+    )
+    assert "Nothing was sent: more than 2 tasks are selected" in response.content.decode()
+    assert TaskResultMeta.objects.count() == 3
+    assert not TaskResultMeta.objects.filter(retried_as__isnull=False).exists()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_retry_permission_is_its_own(purge_broker: None) -> None:
     obj = record(status=states.FAILURE)
