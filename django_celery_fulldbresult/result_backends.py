@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from celery import states
+from celery.exceptions import Retry
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
@@ -59,31 +61,48 @@ def task_model() -> type[TaskResultMeta]:
     return TaskResultMeta
 
 
-#: Where the backend keeps, on the worker's request, when its attempt started.
-_STARTED_ATTRIBUTE = "_fulldbresult_date_started"
+#: What the backend remembers of each attempt, by the worker's request object
+#: (Celery makes one per execution): when it started, and the task whose
+#: arguments it has written. Kept beside the request, not on it: Celery copies
+#: a request's unknown attributes into the headers of the messages it sends.
+_attempts: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
-def _set_started(request: Any, when: Any) -> None:
-    # A request that takes no attribute: the guard does without (see .upsert).
-    with contextlib.suppress(AttributeError, TypeError):
-        setattr(request, _STARTED_ATTRIBUTE, when)
+def _note(request: Any, **facts: Any) -> None:
+    # A request that cannot be weakly referenced: the backend does without
+    # (arguments written with each state; the guard as without task_track_started).
+    with contextlib.suppress(TypeError):
+        _attempts.setdefault(request, {}).update(facts)
+
+
+def _noted(request: Any, name: str) -> Any:
+    try:
+        return _attempts.get(request, {}).get(name)
+    except TypeError:
+        return None
+
+
+def _is_cancellation(result: Any) -> bool:
+    """Whether a RETRY's result is Celery's own ``Retry``: the worker cancelled the task, nothing is re-published.
+
+    ``Task.retry()`` stores the task's exception (or None) instead. The
+    result arrives as Celery prepared it: the exception itself (pickle), or
+    its description (JSON).
+    """
+    if isinstance(result, Retry):
+        return True
+    return isinstance(result, dict) and (result.get("exc_module"), result.get("exc_type")) == (
+        Retry.__module__,
+        Retry.__name__,
+    )
 
 
 def _started(request: Any) -> Any:
-    return getattr(request, _STARTED_ATTRIBUTE, None)
-
-
-#: Where the backend notes, on the worker's request, the task whose arguments it has written.
-_ARGUMENTS_ATTRIBUTE = "_fulldbresult_arguments_of"
+    return _noted(request, "started")
 
 
 def _arguments_written(request: Any, task_id: str) -> bool:
-    return getattr(request, _ARGUMENTS_ATTRIBUTE, None) == task_id
-
-
-def _note_arguments_written(request: Any, task_id: str) -> None:
-    with contextlib.suppress(AttributeError, TypeError):
-        setattr(request, _ARGUMENTS_ATTRIBUTE, task_id)
+    return bool(_noted(request, "arguments_of") == task_id)
 
 
 class DatabaseResultBackend(DatabaseBackend):
@@ -146,13 +165,18 @@ class DatabaseResultBackend(DatabaseBackend):
             meta=json.dumps({"children": children}) if children else None,
         )
         if state == states.STARTED:
-            _set_started(request, now)
-        if state == states.RETRY:
-            # The record now waits for the next attempt, whose ETA and expiry
-            # the re-publication knows, not this request: keep the stored ones.
-            # This attempt's start tells the write's guard whether the stored
-            # running state is this attempt's own (see .upsert).
+            _note(request, started=now)
+        if state == states.RETRY and not _is_cancellation(result):
+            # Task.retry() (and a worker lost with retry_on_worker_lost): the
+            # message of the next attempt is published, and the record now
+            # waits for it, whose ETA and expiry the re-publication knows, not
+            # this request: keep the stored ones. This attempt's start tells
+            # the write's guard whether the stored running state is this
+            # attempt's own (see .upsert).
             row.update(retries=row["retries"] + 1, eta=None, expires=None, date_started=_started(request))
+        # A Retry exception as the result is the worker cancelling the task
+        # (its connection to the broker was lost): nothing is re-published,
+        # the same message comes back with the same count.
         args, kwargs = getattr(request, "args", None), getattr(request, "kwargs", None)
         # Written with the attempt's first state only: a later state's write
         # without them keeps the stored ones (a 5 MB argument is not sent
@@ -181,9 +205,12 @@ class DatabaseResultBackend(DatabaseBackend):
         alias = using or router.db_for_write(self.TaskModel)
         # A connection the database dropped (restart, idle timeout, failover)
         # is replaced once before the error reaches Celery's own retries.
-        with_reconnect(connections[alias], store_state, row)
-        if "args" in row and request is not None:
-            _note_arguments_written(request, task_id)
+        connection = connections[alias]
+        with_reconnect(connection, store_state, row)
+        if "args" in row and request is not None and connection.get_autocommit():
+            # Not inside a transaction (a task's own atomic block): a rollback
+            # would take the arguments with it.
+            _note(request, arguments_of=task_id)
         return result
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:

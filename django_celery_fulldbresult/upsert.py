@@ -25,10 +25,18 @@
     TRACK_PUBLISH, the ``Task.retry()`` re-publish counts the retry in the
     stored record (STARTED of attempt n, counted n + 1) before the RETRY
     write of attempt n lands. The RETRY write carries its attempt's
-    ``date_started`` (the backend keeps it on the request): the same stored
-    ``date_started``, or none on either side (no ``task_track_started``),
-    means the running state is that attempt's own, and RETRY applies.
-  - A write without a request counts retry 0.
+    ``date_started`` (the backend remembers it per request): the same stored
+    ``date_started`` means the running state is that attempt's own, and
+    RETRY applies. So does a RETRY whose start is unknown: without
+    ``task_track_started``, or written by the worker's main process (a worker
+    lost with ``retry_on_worker_lost``), which never saw the start. (There a
+    late RETRY can still replace attempt n + 1's running state.)
+  - A worker that cancels a task because it lost the broker writes RETRY
+    without re-publishing: that RETRY keeps its attempt's count, and the
+    redelivered message's STARTED replaces it.
+  - A write without a request counts retry 0: a custom state stored from
+    outside the worker (``backend.store_result(id, meta, "X")``) does not
+    replace the state of a task that has retried.
 * :func:`record_published` — the publisher's write (TRACK_PUBLISH), for one
   message or many. It inserts the record if it is absent and otherwise
   changes nothing, except for two things: the submission time, when the
@@ -174,17 +182,17 @@ def _store_state_sql(connection: BaseDatabaseWrapper, count: int) -> str:
     insert = f"INSERT INTO {table} ({', '.join(q.values())}) VALUES {placeholders}"
     waiting = ", ".join("'%s'" % state for state in WAITING)
     if vendor == "mysql":
-        new, old, same = "VALUES({})".format, "{}".format, "<=>"
+        new, old = "VALUES({})".format, "{}".format
     else:
         new, old = "EXCLUDED.{}".format, f"{table}.{{}}".format
-        same = "IS" if vendor == "sqlite" else "IS NOT DISTINCT FROM"
     status, retries, started = (q["status"], q["retries"], q["date_started"])
     # The order of the module's docstring: does the write come after the stored state?
     guard = (
         f"{new(status)} IN ({finished}) OR ({old(status)} NOT IN ({finished}) AND ("
         f"{new(retries)} > {old(retries)} OR ({new(retries)} = {old(retries)} AND ("
         f"{new(status)} NOT IN ({waiting}) OR {old(status)} IN ({waiting})"
-        f" OR ({new(status)} = '{states.RETRY}' AND {new(started)} {same} {old(started)})))))"
+        f" OR ({new(status)} = '{states.RETRY}' AND ({new(started)} IS NULL OR {new(started)} = {old(started)}))"
+        "))))"
     )
     sets: list[str] = []
     if vendor == "mysql":
@@ -271,6 +279,7 @@ ASYNCHRONOUS_COMMIT = "SET LOCAL synchronous_commit TO OFF; "
 def _can_commit_asynchronously(connection: BaseDatabaseWrapper) -> bool:
     return (
         connection.vendor == "postgresql"
+        and connection.get_autocommit()
         and not connection.in_atomic_block
         and not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
     )
@@ -323,7 +332,10 @@ def _store_state_portable(connection: BaseDatabaseWrapper, row: dict[str, Any]) 
                 retries == record.retries
                 and status in WAITING
                 and record.status not in WAITING
-                and not (status == states.RETRY and row.get("date_started") == record.date_started)
+                and not (
+                    status == states.RETRY
+                    and (row.get("date_started") is None or row.get("date_started") == record.date_started)
+                )
             )
         ):
             return

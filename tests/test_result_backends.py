@@ -134,12 +134,11 @@ def test_store_is_one_statement() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_the_arguments_are_sent_with_the_first_state_of_an_attempt_only() -> None:
     """A big argument is written once per attempt, not again with each state; the record keeps it."""
-    from types import SimpleNamespace
-
+    from celery.app.task import Context
     from django.test.utils import CaptureQueriesContext
 
     big = "x" * 200_000
-    attempt = SimpleNamespace(
+    attempt = Context(
         id="big-args", task="testcelery.tasks.echo", args=[big], kwargs={"n": 1}, hostname="w1@host",
         delivery_info={"routing_key": "celery"}, retries=0, children=[],
     )  # fmt: skip
@@ -155,9 +154,25 @@ def test_the_arguments_are_sent_with_the_first_state_of_an_attempt_only() -> Non
     assert (record.status, json.loads(record.args), json.loads(record.kwargs)) == (states.SUCCESS, [big], {"n": 1})
     assert record.not_retryable_reason == ""
 
+    # Nothing of it is left on the request: Celery would copy it into the headers of the messages it sends.
+    assert not [name for name in vars(attempt) if "fulldbresult" in name]
+    assert attempt.as_execution_options().get("headers") in (None, {})
+
     # The next attempt (a new request: Task.retry() may change the arguments) writes its own.
-    retried = SimpleNamespace(**{**vars(attempt), "args": ["changed"], "retries": 1})
-    for name in [n for n in vars(retried) if n.startswith("_fulldbresult")]:
-        delattr(retried, name)
+    retried = Context({**vars(attempt), "args": ["changed"], "retries": 1})
     backend.store_result("big-args", "again", states.SUCCESS, request=retried)
     assert json.loads(TaskResultMeta.objects.get(task_id="big-args").args) == ["changed"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_arguments_are_written_again_after_a_rolled_back_write() -> None:
+    """A task's own atomic block: its first write rolls back with it, the next one brings the arguments."""
+    from celery.app.task import Context
+    from django.db import transaction
+
+    attempt = Context(id="rolled", task="testcelery.tasks.echo", args=["keep me"], kwargs={}, retries=0, children=[])
+    with pytest.raises(RuntimeError), transaction.atomic():
+        app.backend.store_result("rolled", {"step": 1}, "PROGRESS", request=attempt)
+        raise RuntimeError("the task fails inside its transaction")
+    app.backend.store_result("rolled", None, states.FAILURE, request=attempt)
+    assert json.loads(TaskResultMeta.objects.get(task_id="rolled").args) == ["keep me"]

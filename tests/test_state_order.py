@@ -141,6 +141,28 @@ def test_without_track_started_a_retry_after_its_own_progress_applies(writer: st
     assert (record.status, record.retries, record.date_started) == (states.RETRY, 1, None)
 
 
+def test_a_retry_written_where_the_start_was_not_seen_applies(writer: str) -> None:
+    """A worker lost with retry_on_worker_lost: its main process re-publishes, then writes RETRY with a request
+    of its own, which never saw the child's STARTED."""
+    a = Request(0, "a@host")
+    started(a)
+    republished(1)
+    retry(Request(0, "a@host"))
+    assert (stored().status, stored().retries) == (states.RETRY, 1)
+
+
+def test_a_task_cancelled_on_connection_loss_is_started_again_by_its_redelivery(writer: str) -> None:
+    """The worker lost the broker and cancelled the task: RETRY without a re-publish, then the same message again."""
+    from celery.exceptions import Retry
+
+    a = Request(0, "a@host")
+    started(a)
+    backend.mark_as_retry(TASK_ID, Retry(message="cancelled by Celery"), request=a)
+    assert (stored().status, stored().retries) == (states.RETRY, 0), "nothing was re-published: the same count"
+    started(Request(0, "b@host"))
+    assert (stored().status, stored().retries, stored().hostname) == (states.STARTED, 0, "b@host")
+
+
 @pytest.mark.parametrize("later", [states.STARTED, "PROGRESS"])
 def test_between_equals_the_later_write_wins(writer: str, later: str) -> None:
     a = Request(2, "a@host")
