@@ -192,13 +192,15 @@ class TaskResultChangeList(ChangeList):
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
         paginator = self.paginator
-        if getattr(paginator, "uncounted", False) and self.page_num == 1 and len(self.result_list) < self.list_per_page:
-            # Not counted, but the first page holds them all: that is the count.
-            count = len(self.result_list)
+        shown = len(self.result_list)
+        if getattr(paginator, "uncounted", False) and shown < self.list_per_page and (shown or self.page_num == 1):
+            # Not counted, but this page is the last one: that gives the count.
+            count = (self.page_num - 1) * self.list_per_page + shown
+            pages = -(-count // self.list_per_page)
             paginator.uncounted = paginator.capped = False
-            paginator.__dict__.update(count=count, num_pages=1 if count or paginator.allow_empty_first_page else 0)
+            paginator.__dict__.update(count=count, num_pages=pages or (1 if paginator.allow_empty_first_page else 0))
             self.result_count = count
-            self.multi_page = False
+            self.multi_page = pages > 1
             self.can_show_all = count <= self.list_max_show_all
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:

@@ -210,6 +210,11 @@ def test_a_count_given_up_still_lists_the_page(admin_client: Client, monkeypatch
     assert "too many to count quickly" in response.content.decode()
     assert len(listed_ids(response)) == 2 and listed_ids(response) <= failed
     assert response.context["cl"].paginator.num_pages > 1
+    # The last page, not full, gives the count.
+    response = admin_client.get(reverse(CHANGELIST), {"status": "FAILURE", "p": "2"})
+    assert len(listed_ids(response)) == 1
+    assert "3 task results" in response.content.decode()
+    assert response.context["cl"].paginator.num_pages == 2
     # A first page that is not full is the whole count.
     monkeypatch.setattr(fdr_admin.TaskResultMetaAdmin, "list_per_page", 100)
     response = admin_client.get(reverse(CHANGELIST), {"status": "FAILURE"})
