@@ -40,7 +40,8 @@
 * :func:`record_published` — the publisher's write (TRACK_PUBLISH), for one
   message or many. It inserts the record if it is absent and otherwise
   changes nothing, except for two things: the submission time, when the
-  worker's record came first (a group's members are recorded after they are
+  record has none or a later one (the worker's record, or a ``Task.retry()``
+  re-publish, came first: a group's members are recorded after they are
   sent, see :mod:`.publish`), and, for a ``Task.retry()`` re-publish of an
   unfinished task, the retry count, ETA and expiry.
 
@@ -57,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from celery import states
 from django.db import IntegrityError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Q
 from django.db.utils import InterfaceError, OperationalError
 
 if TYPE_CHECKING:
@@ -297,17 +299,18 @@ def _record_published_sql(connection: BaseDatabaseWrapper, count: int) -> str:
     if vendor == "mysql":
         guard = f"VALUES({q['retries']}) > {q['retries']} AND {q['status']} NOT IN ({finished})"
         # The guard reads retries: it is assigned last (MySQL assigns left to right).
-        sets = [f"{submitted} = COALESCE({submitted}, VALUES({submitted}))"]
+        sets = [f"{submitted} = LEAST(COALESCE({submitted}, VALUES({submitted})), VALUES({submitted}))"]
         sets += [f"{q[name]} = IF({guard}, VALUES({q[name]}), {q[name]})" for name in REPUBLISHED]
         sql = f"{insert} ON DUPLICATE KEY UPDATE {', '.join(sets)}"
     else:
         guard = f"EXCLUDED.{q['retries']} > {table}.{q['retries']} AND {table}.{q['status']} NOT IN ({finished})"
-        sets = [f"{submitted} = COALESCE({table}.{submitted}, EXCLUDED.{submitted})"]
+        least = "MIN" if vendor == "sqlite" else "LEAST"
+        sets = [f"{submitted} = {least}(COALESCE({table}.{submitted}, EXCLUDED.{submitted}), EXCLUDED.{submitted})"]
         sets += [
             f"{q[name]} = CASE WHEN {guard} THEN EXCLUDED.{q[name]} ELSE {table}.{q[name]} END" for name in REPUBLISHED
         ]
         # Rows that change nothing are not rewritten.
-        where = f"{guard} OR {table}.{submitted} IS NULL"
+        where = f"{guard} OR {table}.{submitted} IS NULL OR EXCLUDED.{submitted} < {table}.{submitted}"
         sql = f"{insert} ON CONFLICT ({q['task_id']}) DO UPDATE SET {', '.join(sets)} WHERE {where}"
     return sql
 
@@ -354,9 +357,9 @@ def _record_published_portable(connection: BaseDatabaseWrapper, rows: Sequence[d
             with transaction.atomic(using=connection.alias):
                 manager.create(**{name: row.get(name) for name in PUBLISH_COLUMNS if row.get(name) is not None})
         except IntegrityError:
-            manager.filter(task_id=row["task_id"], date_submitted__isnull=True).update(
-                date_submitted=row.get("date_submitted")
-            )
+            manager.filter(
+                Q(date_submitted__isnull=True) | Q(date_submitted__gt=row.get("date_submitted")), task_id=row["task_id"]
+            ).update(date_submitted=row.get("date_submitted"))
             manager.filter(task_id=row["task_id"], retries__lt=row.get("retries") or 0).exclude(
                 status__in=states.READY_STATES
             ).update(**{name: row.get(name) for name in REPUBLISHED})

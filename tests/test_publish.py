@@ -116,6 +116,26 @@ def test_the_workers_record_wins_over_a_late_publish_write() -> None:
     assert record.result == 42
 
 
+@pytest.mark.parametrize("path", ["sql", "portable"])
+def test_the_first_submission_time_is_kept_whatever_the_order_of_the_writes(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_celery_fulldbresult import upsert
+
+    write = upsert.record_published if path == "sql" else upsert._record_published_portable
+    first = datetime.now(UTC).replace(microsecond=0)
+    row = {"task_id": "twice", "task": "testcelery.tasks.add", "status": states.PENDING, "date_done": first}
+    # A group member retried before the group's write landed: Task.retry()'s re-publish comes first...
+    write(connection, [{**row, "retries": 1, "date_submitted": first + timedelta(seconds=5)}])
+    # ... then the group's write, with the first publication's time.
+    write(connection, [{**row, "retries": 0, "date_submitted": first}])
+    record = TaskResultMeta.objects.get(task_id="twice")
+    assert (record.date_submitted, record.retries) == (first, 1)
+    write(connection, [{**row, "retries": 2, "date_submitted": first + timedelta(seconds=9)}])
+    record = TaskResultMeta.objects.get(task_id="twice")
+    assert (record.date_submitted, record.retries) == (first, 2)
+
+
 def test_a_rolled_back_transaction_keeps_the_record_of_the_sent_message(worker: Any) -> None:
     with pytest.raises(RuntimeError), transaction.atomic():
         User.objects.create(username="rolled-back")
