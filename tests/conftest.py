@@ -162,6 +162,14 @@ def _purged(django_db_setup: Any) -> None:
     from testcelery.celery import app
 
     app.control.purge()
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        if hasattr(channel, "unacked_key"):
+            # Redis: messages a worker killed in an earlier test (or run) had
+            # taken wait in these keys and come back after the visibility
+            # timeout (an hour): they would run, and write records, in
+            # whatever test runs then.
+            channel.client.delete(channel.unacked_key, channel.unacked_index_key)
 
 
 @pytest.fixture
