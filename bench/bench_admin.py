@@ -119,21 +119,14 @@ def measure(client: Any, url: str, runs: int) -> tuple[float, int, float, float,
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
+    from bench.common import statement_timer
+
     client.get(url)
     times = []
     query_times: list[float] = []
-
-    def timed(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        # Django records query times to the millisecond: time them here, finer.
-        started = time.perf_counter()
-        try:
-            return execute(sql, params, many, context)
-        finally:
-            query_times.append((time.perf_counter() - started) * 1000)
-
     for _ in range(runs):
         query_times.clear()
-        with CaptureQueriesContext(connection) as queries, connection.execute_wrapper(timed):
+        with CaptureQueriesContext(connection) as queries, connection.execute_wrapper(statement_timer(query_times)):
             started = time.perf_counter()
             response = client.get(url)
             times.append((time.perf_counter() - started) * 1000)

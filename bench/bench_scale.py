@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import parser, setup, versions
+from bench.common import parser, setup, statement_timer, versions
 
 DAYS = 30
 STATUS_SQL = """CASE
@@ -122,18 +122,9 @@ def cleanup() -> tuple[int, float, float, int]:
     app.conf.result_expires = 86400
     backend = DatabaseResultBackend(app=app)
     durations: list[float] = []
-
-    def timer(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return execute(sql, params, many, context)
-        finally:
-            if sql.startswith("DELETE"):
-                durations.append(1000 * (time.perf_counter() - start))
-
     before = TaskResultMeta.objects.count()
     start = time.perf_counter()
-    with connection.execute_wrapper(timer):
+    with connection.execute_wrapper(statement_timer(durations, "DELETE")):
         backend.cleanup()
     total = time.perf_counter() - start
     return before - TaskResultMeta.objects.count(), total, max(durations or [0.0]), len(durations)

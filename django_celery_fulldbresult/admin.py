@@ -59,8 +59,8 @@ class EstimatedCountPaginator(Paginator):  # type: ignore[type-arg]
     Unfiltered on PostgreSQL, the count is the planner's estimate; otherwise
     rows are counted up to ``COUNT_CAP`` (a ``LIMIT``-ed count), on
     PostgreSQL within ``COUNT_TIMEOUT_MS``: past it the count is left
-    unknown (``uncounted``; the changelist settles it when the first page is
-    short). Pages stop at ``COUNT_CAP`` rows: deep ``OFFSET`` pages would
+    unknown (``uncounted``; the changelist settles it when a page is not
+    full). Pages stop at ``COUNT_CAP`` rows: deep ``OFFSET`` pages would
     read the table too.
     """
 
@@ -444,25 +444,22 @@ class TaskResultMetaAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description=_("Retry Tasks"), permissions=["retry"])
     def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        if self.within_retry_limit(request, queryset):
-            self.report_retry(request, retry_records(queryset.defer(None), force=False))
+        self.retry_selected(request, queryset, force=False)
 
     @admin.action(description=_("Retry Tasks, even if already retried"), permissions=["retry"])
     def force_retry_tasks(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        if self.within_retry_limit(request, queryset):
-            self.report_retry(request, retry_records(queryset.defer(None), force=True))
+        self.retry_selected(request, queryset, force=True)
 
-    def within_retry_limit(self, request: HttpRequest, queryset: QuerySet[Any]) -> bool:
-        """Whether the selection is small enough for one click ("select all" can reach millions)."""
-        selected = queryset.order_by()[: RETRY_ACTION_LIMIT + 1].count()
-        if selected <= RETRY_ACTION_LIMIT:
-            return True
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[Any], force: bool) -> None:
+        """Send the selection again, unless it is too big for one click ("select all" can reach millions)."""
+        if queryset.order_by()[: RETRY_ACTION_LIMIT + 1].count() <= RETRY_ACTION_LIMIT:
+            self.report_retry(request, retry_records(queryset.defer(None), force=force))
+            return
         message = gettext(
             "Nothing was sent: more than %(limit)d tasks are selected, and the admin sends at most %(limit)d "
             "at once. Filter the list further, or use QuerySet.retry() or find_stale_tasks --retry."
         ) % {"limit": RETRY_ACTION_LIMIT}
         self.message_user(request, message, messages.ERROR)
-        return False
 
     def report_retry(self, request: HttpRequest, report: RetryReport) -> None:
         if report.sent:

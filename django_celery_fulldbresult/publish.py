@@ -276,9 +276,9 @@ def record_groups_in_one_write() -> None:
 
     @functools.wraps(original)
     def apply_async(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not app_settings.TRACK_PUBLISH or getattr(_local, "buffer", None) is not None:
+        if not app_settings.TRACK_PUBLISH:
             return original(self, *args, **kwargs)
-        with batch():
+        with batch():  # inside an outer block, the outer one writes
             return original(self, *args, **kwargs)
 
     apply_async.fulldbresult_batched = True  # type: ignore[attr-defined]

@@ -208,11 +208,13 @@ def _store_state_sql(connection: BaseDatabaseWrapper, count: int) -> str:
         # variable the others read, instead of the guard written out in each
         # of them (2.7 kB of SQL per write instead of 10 kB). MySQL 8.0.22
         # deprecates variables set in expressions: there it is written out.
-        once = connection.display_name == "MariaDB"
+        if connection.display_name == "MariaDB":
+            first_test, test = f"{GUARD_VARIABLE} := ({guard})", GUARD_VARIABLE
+        else:
+            first_test = test = guard
         for name in sorted(set(STATE_COLUMNS) - {"task_id"}, key=lambda n: (last.get(n, 0), n)):
             value = _state_value(vendor, name, new(q[name]), q[name], new(q["args"]))
-            test = guard if not once else f"{GUARD_VARIABLE} := ({guard})" if not sets else GUARD_VARIABLE
-            sets.append(f"{q[name]} = IF({test}, {value}, {q[name]})")
+            sets.append(f"{q[name]} = IF({test if sets else first_test}, {value}, {q[name]})")
         sql = f"{insert} ON DUPLICATE KEY UPDATE {', '.join(sets)}"
     else:
         for name in STATE_COLUMNS:
