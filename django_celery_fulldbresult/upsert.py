@@ -149,8 +149,38 @@ def _cached_sql(connection: BaseDatabaseWrapper, kind: str, count: int, build: A
     if sql is None:
         if len(_SQL) > 256:  # odd batch sizes must not grow it without bound
             _SQL.clear()
-        sql = _SQL[key] = build(connection, count)
+        sql = build(connection, count)
+        if connection.vendor == "sqlite":
+            sql = _named_placeholders(sql)
+        _SQL[key] = sql
     return sql
+
+
+def _named_placeholders(sql: str) -> str:
+    """``%s`` -> ``%(0)s``, ``%(1)s``...: SQLite's statements take their parameters by name.
+
+    Django's SQLite cursor turns ``%s`` into ``?`` with a regular expression
+    run over the whole text at each call: ~55 µs for the 3 kB of a state
+    write, about a tenth of the write. Parameters given by name are turned
+    into ``:name`` with a plain ``%`` (~4 µs). The texts here hold no other ``%``.
+    """
+    parts = sql.split("%s")
+    assert all("%" not in part for part in parts), "no other % in the generated SQL"
+    return "".join(f"{part}%({i})s" for i, part in enumerate(parts[:-1])) + parts[-1]
+
+
+#: "0", "1", ...: the names of SQLite's parameters, made once.
+_NAMES: list[str] = []
+
+
+def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any]) -> None:
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":  # by name (_named_placeholders)
+            if len(_NAMES) < len(params):
+                _NAMES.extend(str(i) for i in range(len(_NAMES), len(params)))
+            cursor.execute(sql, dict(zip(_NAMES, params, strict=False)))
+        else:
+            cursor.execute(sql, params)
 
 
 def _finished_list(connection: BaseDatabaseWrapper) -> str:
@@ -166,8 +196,7 @@ def store_state(connection: BaseDatabaseWrapper, row: dict[str, Any]) -> None:
         _store_state_portable(connection, row)
         return
     sql = _cached_sql(connection, "state", 1, _store_state_sql)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, _params(connection, STATE_COLUMNS, [row]))
+    _execute(connection, sql, _params(connection, STATE_COLUMNS, [row]))
 
 
 #: MariaDB's session variable for the state write's guard (see _store_state_sql).
@@ -272,8 +301,7 @@ def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, A
     sql = _cached_sql(connection, "publish", len(rows), _record_published_sql)
     if not synchronous and _can_commit_asynchronously(connection):
         sql = ASYNCHRONOUS_COMMIT + sql
-    with connection.cursor() as cursor:
-        cursor.execute(sql, _params(connection, PUBLISH_COLUMNS, rows))
+    _execute(connection, sql, _params(connection, PUBLISH_COLUMNS, rows))
 
 
 #: PostgreSQL runs the statements of one simple query as one implicit transaction, which SET LOCAL applies to.
