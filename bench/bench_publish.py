@@ -9,8 +9,13 @@ round-trip, and with TRACK_PUBLISH on, the record's write. Contenders
 alternate round by round. Figures: publishes per second (and the latency,
 its inverse), round-trips per publish (``CaptureQueriesContext``), and for a
 group of 100: groups per second and statements per group. TRACK_PUBLISH on is
-measured twice: as shipped, and with ``PUBLISH_SYNCHRONOUS_COMMIT = False``
-(PostgreSQL: the commit does not wait for the disk flush).
+measured three times: as shipped, with ``PUBLISH_SYNCHRONOUS_COMMIT = False``
+(PostgreSQL: the commit does not wait for the disk flush), and with
+``PUBLISH_IN_BACKGROUND = True`` (the write made by a thread of its own after
+``apply_async`` returns; timed twice: the calls alone, and until every
+record is written, which is the rate the writer sustains). A second table
+times each publish alone (the record written before the next call, untimed):
+the latency of one ``apply_async`` in a request, the median of the calls.
 """
 
 from __future__ import annotations
@@ -34,25 +39,57 @@ def purge(app: Any) -> None:
         conn.default_channel.queue_purge(QUEUE)
 
 
-def tracking(on: bool, synchronous: bool = True) -> None:
+def tracking(on: bool, synchronous: bool = True, background: bool = False) -> None:
     from django.conf import settings
 
     settings.DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH = on
     settings.DJANGO_CELERY_FULLDBRESULT_PUBLISH_SYNCHRONOUS_COMMIT = synchronous
+    settings.DJANGO_CELERY_FULLDBRESULT_PUBLISH_IN_BACKGROUND = background
 
 
-def publishes(app: Any, task: Any, count: int, on: bool, synchronous: bool = True) -> Callable[[], float]:
+def publishes(
+    app: Any, task: Any, count: int, on: bool, synchronous: bool = True, background: str | None = None
+) -> Callable[[], float]:
+    """A round of ``count`` publishes; ``background``: "returned" times the calls, "written" until all are written."""
+    from django_celery_fulldbresult import publish
+
     def run() -> float:
-        tracking(on, synchronous)
+        tracking(on, synchronous, background is not None)
         with app.producer_or_acquire() as producer:
 
             def work() -> None:
                 for i in range(count):
                     task.apply_async((i,), {"payload": "x" * 40}, queue=QUEUE, producer=producer)
+                if background == "written":
+                    publish.flush()
 
             result = rate(count, work)
+        publish.flush()  # the next round starts with no write pending
         purge(app)
         return result
+
+    return run
+
+
+def one_at_a_time(
+    app: Any, task: Any, count: int, on: bool, synchronous: bool = True, background: bool = False
+) -> Callable[[], float]:
+    """``count`` publishes each timed alone, the record written before the next (1 / the median latency)."""
+    import time
+
+    from django_celery_fulldbresult import publish
+
+    def run() -> float:
+        tracking(on, synchronous, background)
+        latencies = []
+        with app.producer_or_acquire() as producer:
+            for i in range(count):
+                start = time.perf_counter()
+                task.apply_async((i,), {"payload": "x" * 40}, queue=QUEUE, producer=producer)
+                latencies.append(time.perf_counter() - start)
+                publish.flush()  # untimed: the writer is idle when the next call starts
+        purge(app)
+        return 1 / statistics.median(latencies)
 
     return run
 
@@ -130,9 +167,15 @@ def main() -> None:
     plain = statements(lambda: group(noop.s(i) for i in range(100)).apply_async(queue=QUEUE))
     tracking(True, synchronous=False)
     asynchronous = statements(lambda: noop.apply_async((1,), queue=QUEUE))
+    tracking(True, background=True)
+    background = statements(lambda: noop.apply_async((1,), queue=QUEUE))
+    from django_celery_fulldbresult import publish
+
+    publish.flush()
     purge(app)
     print(f"  round-trips per publish, TRACK_PUBLISH on: {len(one)} ({' '.join(one)})")
     print(f"  round-trips per publish, asynchronous commit: {len(asynchronous)} ({' '.join(asynchronous)})")
+    print(f"  round-trips per publish in the caller's thread, in background: {len(background)}")
     print(f"  statements for a group of 100: {len(plain)}")
 
     rates = alternate(
@@ -140,15 +183,36 @@ def main() -> None:
             "TRACK_PUBLISH off": publishes(app, noop, count, False),
             "TRACK_PUBLISH on": publishes(app, noop, count, True),
             "on, asynchronous commit": publishes(app, noop, count, True, synchronous=False),
+            "on, in background": publishes(app, noop, count, True, background="returned"),
+            "on, in background, until written": publishes(app, noop, count, True, background="written"),
         },
         rounds,
     )
     report(f"apply_async, {args.db}, {count} publishes per round", "publishes/s", rates, "TRACK_PUBLISH off")
-    off, on, fast = (
-        statistics.median(rates[k]) for k in ("TRACK_PUBLISH off", "TRACK_PUBLISH on", "on, asynchronous commit")
+    off = statistics.median(rates["TRACK_PUBLISH off"])
+    print(f"  latency, TRACK_PUBLISH off: {1e6 / off:.0f} µs")
+    for name in ("TRACK_PUBLISH on", "on, asynchronous commit", "on, in background"):
+        on = statistics.median(rates[name])
+        print(f"  latency, {name}: {1e6 / on:.0f} µs: {100 * (off / on - 1):+.0f}%")
+    written = statistics.median(rates["on, in background, until written"])
+    print(f"  in background, {count} publishes and all their records written: {written:.0f}/s")
+
+    # The same, each publish alone: what one apply_async in a request costs.
+    rates = alternate(
+        {
+            "TRACK_PUBLISH off": one_at_a_time(app, noop, count, False),
+            "TRACK_PUBLISH on": one_at_a_time(app, noop, count, True),
+            "on, asynchronous commit": one_at_a_time(app, noop, count, True, synchronous=False),
+            "on, in background": one_at_a_time(app, noop, count, True, background=True),
+        },
+        rounds,
     )
-    print(f"  latency: {1e6 / off:.0f} µs off, {1e6 / on:.0f} µs on: +{100 * (off / on - 1):.0f}%")
-    print(f"  latency, asynchronous commit: {1e6 / fast:.0f} µs: +{100 * (off / fast - 1):.0f}%")
+    report(f"apply_async one at a time, {args.db}, {count} per round (1 / median latency)", "calls/s", rates)
+    off = statistics.median(rates["TRACK_PUBLISH off"])
+    print(f"  latency, TRACK_PUBLISH off: {1e6 / off:.0f} µs")
+    for name in ("TRACK_PUBLISH on", "on, asynchronous commit", "on, in background"):
+        on = statistics.median(rates[name])
+        print(f"  latency, {name}: {1e6 / on:.0f} µs: {100 * (off / on - 1):+.0f}%")
 
     # What the write itself costs, without Celery or the broker: the floor of
     # what any synchronous publish write into this table adds.

@@ -9,12 +9,12 @@ class FullDBResultConfig(AppConfig):
 
     def ready(self) -> None:
         from celery._state import connect_on_app_finalize
-        from celery.signals import before_task_publish, task_postrun
+        from celery.signals import before_task_publish, task_postrun, worker_process_shutdown
         from django.core.signals import request_finished, request_started
 
         from . import checks  # noqa: F401  (registers the system checks)
         from .conf import map_old_ignore_result, map_old_ignore_result_of_existing_apps
-        from .publish import close_old_connections, on_before_task_publish, record_groups_in_one_write
+        from .publish import close_old_connections, flush_after_task, on_before_task_publish, record_groups_in_one_write
 
         # Celery 5.5 does not map the old CELERY_IGNORE_RESULT (see conf.py).
         map_old_ignore_result_of_existing_apps()
@@ -27,3 +27,6 @@ class FullDBResultConfig(AppConfig):
         request_started.connect(close_old_connections, dispatch_uid="django_celery_fulldbresult")
         request_finished.connect(close_old_connections, dispatch_uid="django_celery_fulldbresult")
         task_postrun.connect(close_old_connections, weak=False, dispatch_uid="django_celery_fulldbresult")
+        # PUBLISH_IN_BACKGROUND: what a task published is written before the next task runs.
+        task_postrun.connect(flush_after_task, weak=False, dispatch_uid="django_celery_fulldbresult_flush")
+        worker_process_shutdown.connect(flush_after_task, weak=False, dispatch_uid="django_celery_fulldbresult")

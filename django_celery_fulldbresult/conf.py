@@ -37,6 +37,11 @@ class Settings:
         return bool(self._get("PUBLISH_SYNCHRONOUS_COMMIT", True))
 
     @property
+    def PUBLISH_IN_BACKGROUND(self) -> bool:
+        """Write the publish record from a thread of the process's own, after ``apply_async`` returns."""
+        return bool(self._get("PUBLISH_IN_BACKGROUND", False))
+
+    @property
     def USE_JSON(self) -> bool:
         """Store results as plain JSON text, whatever ``result_serializer`` is."""
         return bool(self._get("USE_JSON", False))
@@ -97,6 +102,7 @@ def _is_timeout(value: Any) -> bool:
 RULES: dict[str, tuple[Callable[[Any], bool], Any]] = {
     "TRACK_PUBLISH": (_is_bool, _("True or False")),
     "PUBLISH_SYNCHRONOUS_COMMIT": (_is_bool, _("True or False")),
+    "PUBLISH_IN_BACKGROUND": (_is_bool, _("True or False")),
     "USE_JSON": (_is_bool, _("True or False")),
     "FORCE_JSON": (_is_bool, _("True or False")),
     "OVERRIDE_DJCELERY_ADMIN": (_is_bool, _("True or False")),

@@ -33,6 +33,24 @@ Choices, and why:
   three times ``wal_writer_delay``, 0.6 s by default; the database stays
   consistent). Off by default: a crash of the whole host can drop the broker's
   latest messages too, and those records are what finds them.
+* ``PUBLISH_IN_BACKGROUND = True`` (off by default) takes the write off the
+  caller's path altogether: the handler builds the row (the arguments are
+  encoded as they are at publication) and hands it to a thread of this
+  process (:class:`BackgroundWriter`), which writes what has queued up in one
+  statement, through a connection of its own, and closes it after
+  :data:`BackgroundWriter.IDLE_SECONDS` without work. ``apply_async`` then
+  costs what it costs without tracking, plus the row (~40 µs). The price: the
+  record is committed a moment after ``apply_async`` returns, not before, and
+  a process killed in that moment (SIGKILL, ``os._exit``) loses the PENDING
+  records it had not written; its tasks' records are still written by the
+  worker that runs them. Rows are written at interpreter exit (``atexit``),
+  after each task in a worker (``task_postrun``) and when a worker process
+  shuts down; :func:`flush` waits for them anywhere else. A write the
+  database refuses is tried again (:data:`BackgroundWriter.RETRY_DELAYS`),
+  then logged with the task ids; past :data:`BackgroundWriter.MAX_QUEUED`
+  rows waiting (the database unreachable for long), new rows are logged and
+  dropped rather than held in memory or made to block the publisher. A
+  forked child starts a writer of its own.
 * If the write fails, the error is logged and the task is published all the
   same: a task is never lost because its record could not be written. The
   worker's own writes then create the record.
@@ -67,9 +85,13 @@ Choices, and why:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
+import os
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -259,7 +281,7 @@ def batch() -> Iterator[None]:
         yield
     finally:
         rows, _local.buffer = _local.buffer, None
-        _write_batch(rows)
+        _record(rows)
 
 
 def record_groups_in_one_write() -> None:
@@ -283,6 +305,170 @@ def record_groups_in_one_write() -> None:
 
     apply_async.fulldbresult_batched = True  # type: ignore[attr-defined]
     group.apply_async = apply_async  # type: ignore[method-assign]
+
+
+class BackgroundWriter:
+    """The thread that writes publish records with ``PUBLISH_IN_BACKGROUND`` (see the module docstring).
+
+    One per process, started at its first row. It takes every row queued
+    when it wakes (up to :data:`BATCH_SIZE` per statement): a burst of
+    publishes becomes a few multi-row writes.
+    """
+
+    #: Seconds without work after which the thread closes its connection.
+    IDLE_SECONDS = 10.0
+    #: Seconds to wait before each new try of a write the database refused.
+    RETRY_DELAYS = (0.2, 1.0, 3.0)
+    #: Rows waiting past which new ones are dropped (logged), not queued.
+    MAX_QUEUED = 100_000
+    #: Seconds the thread waits, once woken, for more rows to write with the
+    #: first: a burst of publishes then costs a few statements, not one per
+    #: task, and leaves the publishing threads the processor.
+    GATHER_SECONDS = 0.002
+
+    def __init__(self) -> None:
+        self._rows: deque[dict[str, Any]] = deque()
+        self._changed = threading.Condition()
+        self._unwritten = 0  # queued, or taken and not yet written or given up
+        self._stopping = False
+        self._idle = False  # waiting for rows (a row wakes it), not gathering them
+        self._thread = threading.Thread(target=self._run, name="fulldbresult-publish-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, rows: Sequence[dict[str, Any]]) -> None:
+        with self._changed:
+            if self._unwritten + len(rows) > self.MAX_QUEUED:
+                logger.error(
+                    "Not recording the publication of %d tasks: %d records wait to be written already "
+                    "(is the database reachable?): %s",
+                    len(rows),
+                    self._unwritten,
+                    _id_list(rows),
+                )
+                return
+            self._rows.extend(rows)
+            self._unwritten += len(rows)
+            if self._idle:  # gathering, it is not woken by each row
+                self._changed.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every row queued so far is written (or given up); False if ``timeout`` came first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._unwritten == 0, timeout)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Write what is queued, close the connection and end the thread."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        self._thread.join(timeout)
+
+    def _take(self) -> list[dict[str, Any]] | None:
+        """The next rows to write; [] after an idle spell; None when stopping with nothing left."""
+        with self._changed:
+            if not self._rows and not self._stopping:
+                self._idle = True
+                self._changed.wait(self.IDLE_SECONDS)
+                self._idle = False
+            if not self._rows:
+                return None if self._stopping else []
+            if len(self._rows) < BATCH_SIZE and not self._stopping:
+                self._changed.wait(self.GATHER_SECONDS)
+            count = min(len(self._rows), BATCH_SIZE)
+            return [self._rows.popleft() for _ in range(count)]
+
+    def _run(self) -> None:
+        try:
+            while (rows := self._take()) is not None:
+                if not rows:
+                    connections.close_all()  # this thread's own connections: idle
+                    continue
+                try:
+                    self._write(rows)
+                finally:
+                    with self._changed:
+                        self._unwritten -= len(rows)
+                        self._changed.notify_all()
+        finally:
+            connections.close_all()
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        unique = list({row["task_id"]: row for row in rows}.values())
+        for delay in (*self.RETRY_DELAYS, None):
+            try:
+                write_records(unique)
+                return
+            except Exception:
+                if delay is None or self._stopping:
+                    logger.exception("Could not record the publication of %d tasks: %s", len(unique), _id_list(unique))
+                    return
+                logger.warning("Could not record the publication of %d tasks; trying again", len(unique))
+                connections.close_all()
+                time.sleep(delay)
+
+
+def _id_list(rows: Sequence[dict[str, Any]]) -> str:
+    ids = [row["task_id"] for row in rows]
+    return ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+
+
+_writer: BackgroundWriter | None = None
+_writer_lock = threading.Lock()
+
+
+def _background() -> BackgroundWriter:
+    global _writer
+    writer = _writer
+    if writer is None:
+        with _writer_lock:
+            if _writer is None:
+                _writer = BackgroundWriter()
+            writer = _writer
+    return writer
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Wait until the publish records queued by this process (``PUBLISH_IN_BACKGROUND``) are written.
+
+    Returns False if ``timeout`` seconds passed first; True at once when
+    nothing waits (or the setting is off).
+    """
+    writer = _writer
+    return writer.flush(timeout) if writer is not None else True
+
+
+def stop_background_writer(timeout: float | None = 10.0) -> None:
+    """Write what is queued and end the background writer (a new one starts at the next row)."""
+    global _writer
+    with _writer_lock:
+        writer, _writer = _writer, None
+    if writer is not None:
+        writer.stop(timeout)
+
+
+def flush_after_task(**kwargs: Any) -> None:
+    """Celery's ``task_postrun`` and ``worker_process_shutdown``: a task's publish records outlive it."""
+    flush(timeout=30.0)
+
+
+def _forget_writer_in_child() -> None:
+    # A forked child has no copy of the parent's thread: the rows it queues
+    # need a writer of its own (the parent's thread writes the parent's).
+    global _writer, _writer_lock
+    _writer, _writer_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_writer_in_child)
+# Runs before the interpreter stops its daemon threads.
+atexit.register(stop_background_writer)
+
+
+def _record(rows: list[dict[str, Any]]) -> None:
+    """The handler's write: now, or by the background writer."""
+    if app_settings.PUBLISH_IN_BACKGROUND:
+        _background().put(rows)
+    else:
+        _write_batch(rows)
 
 
 def _write_batch(rows: list[dict[str, Any]]) -> None:
@@ -319,12 +505,15 @@ def on_before_task_publish(
             return
         buffer = getattr(_local, "buffer", None)
         if buffer is None:
-            write_records([row])
+            if app_settings.PUBLISH_IN_BACKGROUND:
+                _background().put([row])
+            else:
+                write_records([row])
             return
         buffer.append(row)
         if len(buffer) >= BATCH_SIZE:
             _local.buffer = []
-            _write_batch(buffer)
+            _record(buffer)
     except Exception:
         # Publishing goes on: the worker's writes will create the record.
         logger.exception("Could not record the publication of task %s", (headers or {}).get("id"))

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VALUES: dict[str, tuple[Any, Any]] = {
     "TRACK_PUBLISH": (False, False),
     "PUBLISH_SYNCHRONOUS_COMMIT": (False, False),
+    "PUBLISH_IN_BACKGROUND": (True, True),
     "USE_JSON": (True, True),
     "FORCE_JSON": (True, True),
     "OVERRIDE_DJCELERY_ADMIN": (True, True),
@@ -59,6 +60,7 @@ def test_a_lone_redacted_name_is_one_name() -> None:
     [
         ("TRACK_PUBLISH", "yes"),
         ("PUBLISH_SYNCHRONOUS_COMMIT", "off"),
+        ("PUBLISH_IN_BACKGROUND", 1),
         ("STALE_AFTER", -5),
         ("STALE_AFTER", timedelta(seconds=-1)),
         ("STALE_AFTER", "1h"),

@@ -1,0 +1,185 @@
+"""PUBLISH_IN_BACKGROUND: the publish record written by a thread of the process, after ``apply_async`` returns."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import chain, group, states
+from django.db import connection, transaction
+from django.db.utils import OperationalError
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+
+from django_celery_fulldbresult import publish
+from django_celery_fulldbresult.models import TaskResultMeta
+from testcelery import tasks
+
+from .conftest import ROOT, wait_for, worker_env
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("background"),
+]
+
+
+@pytest.fixture
+def background() -> Iterator[None]:
+    with override_settings(DJANGO_CELERY_FULLDBRESULT_PUBLISH_IN_BACKGROUND=True):
+        yield
+        publish.stop_background_writer()
+
+
+def test_apply_async_makes_no_query_and_the_record_follows(parked: str) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        result = tasks.echo.apply_async((1, [2, 3]), {"x": "y"}, queue=parked, priority=3)
+    assert len(queries) == 0, "the caller's thread does not touch the database"
+    assert publish.flush(timeout=10)
+    record = TaskResultMeta.objects.get(task_id=result.id)
+    assert record.status == states.PENDING
+    assert json.loads(record.args) == [1, [2, 3]]
+    assert json.loads(record.kwargs) == {"x": "y"}
+    assert (record.queue, record.priority) == (parked, 3)
+    assert record.date_submitted is not None
+
+
+def test_the_arguments_are_recorded_as_they_were_when_published(parked: str) -> None:
+    numbers = [1, 2]
+    result = tasks.tsum.apply_async((numbers,), queue=parked)
+    numbers.append(3)  # the caller goes on with its list before the writer runs
+    publish.flush(timeout=10)
+    assert json.loads(TaskResultMeta.objects.get(task_id=result.id).args) == [[1, 2]]
+
+
+def test_a_burst_of_publishes_and_a_group_are_all_recorded(parked: str) -> None:
+    results = [tasks.add.apply_async((i, i), queue=parked) for i in range(300)]
+    members = group(tasks.add.s(i, 0) for i in range(100)).apply_async(queue=parked)
+    assert publish.flush(timeout=30)
+    ids = [r.id for r in results]
+    assert TaskResultMeta.objects.filter(task_id__in=ids, date_submitted__isnull=False).count() == 300
+    assert TaskResultMeta.objects.filter(group_id=members.id, status=states.PENDING).count() == 100
+
+
+def test_a_rolled_back_transaction_keeps_the_record(parked: str) -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        result = tasks.add.apply_async((1, 2), queue=parked)
+        raise RuntimeError("the caller's work fails after sending")
+    assert publish.flush(timeout=10)
+    assert TaskResultMeta.objects.filter(task_id=result.id).exists(), "the message was sent: its record stays"
+
+
+@pytest.mark.skipif("os.environ.get('FULLDBRESULT_DB') != 'postgres'", reason="terminates PostgreSQL sessions")
+def test_the_writer_recovers_from_a_dropped_connection(parked: str) -> None:
+    first = tasks.add.apply_async((1, 2), queue=parked)
+    assert publish.flush(timeout=10)
+    with connection.cursor() as cursor:  # what a database restart does to the writer's connection
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    second = tasks.add.apply_async((3, 4), queue=parked)
+    assert publish.flush(timeout=10)
+    assert TaskResultMeta.objects.filter(task_id__in=[first.id, second.id]).count() == 2
+
+
+def test_a_refused_write_is_tried_again(parked: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stands in for a database that refuses writes for a moment (a failover):
+    # the first two tries fail, the third is the real write.
+    real, calls = publish.write_records, []
+
+    def flaky(rows: Any, using: str | None = None) -> None:
+        calls.append(len(rows))
+        if len(calls) <= 2:
+            raise OperationalError("server closed the connection unexpectedly")
+        real(rows, using)
+
+    monkeypatch.setattr(publish, "write_records", flaky)
+    monkeypatch.setattr(publish.BackgroundWriter, "RETRY_DELAYS", (0.01, 0.01, 0.01))
+    result = tasks.add.apply_async((1, 2), queue=parked)
+    assert publish.flush(timeout=10)
+    assert len(calls) == 3
+    assert TaskResultMeta.objects.filter(task_id=result.id).exists()
+
+
+def test_a_write_that_never_succeeds_is_logged_with_the_ids_and_publishing_goes_on(
+    parked: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(rows: Any, using: str | None = None) -> None:
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(publish, "write_records", refuse)
+    monkeypatch.setattr(publish.BackgroundWriter, "RETRY_DELAYS", (0.01,))
+    with caplog.at_level(logging.WARNING, logger="django_celery_fulldbresult.publish"):
+        result = tasks.add.apply_async((1, 2), queue=parked)
+        assert result.id
+        assert publish.flush(timeout=10), "a failing database never holds flush() forever"
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert result.id in errors[0].getMessage()
+
+
+def test_rows_past_the_limit_are_logged_and_dropped_not_queued(
+    parked: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(publish.BackgroundWriter, "MAX_QUEUED", 0)
+    with caplog.at_level(logging.ERROR, logger="django_celery_fulldbresult.publish"):
+        result = tasks.add.apply_async((1, 2), queue=parked)
+    assert publish.flush(timeout=1)
+    assert result.id in caplog.text
+    assert not TaskResultMeta.objects.filter(task_id=result.id).exists()
+
+
+def test_a_script_that_exits_right_after_publishing_leaves_the_records(parked: str) -> None:
+    script = textwrap.dedent(f"""
+        import django
+        django.setup()
+        from testcelery import tasks
+        ids = [tasks.add.apply_async((i, i), queue={parked!r}).id for i in range(50)]
+        print(" ".join(ids))
+    """)  # no flush(): the interpreter's exit writes them
+    env = worker_env(PUBLISH_IN_BACKGROUND=True)
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    ids = done.stdout.split()
+    assert len(ids) == 50
+    assert TaskResultMeta.objects.filter(task_id__in=ids, status=states.PENDING).count() == 50
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_writes_its_own_records(parked: str) -> None:
+    tasks.add.apply_async((0, 0), queue=parked)  # the parent's writer is running
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's thread is not here
+        code = 1
+        try:
+            task_id = tasks.add.apply_async((1, 1), queue=parked).id
+            code = 0 if publish.flush(timeout=10) else 2
+            os.write(write, task_id.encode())
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    task_id = os.read(read, 100).decode()
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's flush() returned"
+    assert TaskResultMeta.objects.filter(task_id=task_id).exists()
+
+
+def test_a_worker_writes_what_its_tasks_published_before_their_next_task(start_worker: Any) -> None:
+    start_worker(PUBLISH_IN_BACKGROUND=True)
+    result = chain(tasks.add.s(1, 2), tasks.add.s(3), tasks.add.s(4)).apply_async()
+    assert result.get(timeout=30) == 10
+    records = wait_for(
+        lambda: list(TaskResultMeta.objects.filter(root_id=result.parent.parent.id)), message="the chain's records"
+    )
+    assert len(records) == 3
+    assert all(r.status == states.SUCCESS for r in records)
+    assert all(r.date_submitted is not None for r in records), "each link's publish record was written"
