@@ -10,6 +10,9 @@ SUCCESS), as a worker with ``task_track_started`` does, through:
 * ``fulldbresult``: ``DatabaseResultBackend.store_result``;
 * ``django-celery-results``: its ``DatabaseBackend.store_result``, with
   ``result_extended=True``;
+* on PostgreSQL, ``fulldbresult`` again with
+  ``UNFINISHED_SYNCHRONOUS_COMMIT = False`` (STARTED does not wait for the
+  disk flush, SUCCESS does);
 * ``raw upsert``: a single-row upsert of the same columns into the same table
   with the database driver alone (psycopg / sqlite3 / MySQLdb, autocommit):
   the limit a Django app can approach.
@@ -75,10 +78,13 @@ def backends() -> tuple[Any, Any, Any]:
     return app, DatabaseResultBackend(app=app), DatabaseBackend(app=app)
 
 
-def through_backend(app: Any, backend: Any, count: int) -> Callable[[], float]:
+def through_backend(app: Any, backend: Any, count: int, synchronous: bool = True) -> Callable[[], float]:
+    """``synchronous=False``: this project with ``UNFINISHED_SYNCHRONOUS_COMMIT = False``."""
     from celery import states
+    from django.conf import settings
 
     def run() -> float:
+        settings.DJANGO_CELERY_FULLDBRESULT_UNFINISHED_SYNCHRONOUS_COMMIT = synchronous
         requests = [request(app, str(uuid.uuid4())) for _ in range(count)]
 
         def work() -> None:
@@ -215,14 +221,15 @@ def main() -> None:
         (started, s_words), (success, d_words) = round_trips(app, backend)
         print(f"  round-trips, {name}: STARTED of a new task {started} ({s_words}), SUCCESS {success} ({d_words})")
     raw = Raw(args.db)
-    rates = alternate(
-        {
-            "fulldbresult": through_backend(app, ours, tasks),
-            "django-celery-results": through_backend(app, theirs, tasks),
-            "raw upsert (driver)": raw.runner(tasks),
-        },
-        rounds,
-    )
+    contenders = {
+        "fulldbresult": through_backend(app, ours, tasks),
+        "django-celery-results": through_backend(app, theirs, tasks),
+        "raw upsert (driver)": raw.runner(tasks),
+    }
+    if args.db == "postgres":
+        # STARTED committed without waiting for the disk flush; SUCCESS waits (and flushes both).
+        contenders["fulldbresult, UNFINISHED_SYNCHRONOUS_COMMIT off"] = through_backend(app, ours, tasks, False)
+    rates = alternate(contenders, rounds)
     report(
         f"store_result, {args.db}, {tasks} tasks × 2 state changes per round",
         "state changes/s",

@@ -37,6 +37,11 @@ class Settings:
         return bool(self._get("PUBLISH_SYNCHRONOUS_COMMIT", True))
 
     @property
+    def UNFINISHED_SYNCHRONOUS_COMMIT(self) -> bool:
+        """PostgreSQL: False commits the worker's unfinished states without waiting for the disk flush."""
+        return bool(self._get("UNFINISHED_SYNCHRONOUS_COMMIT", True))
+
+    @property
     def PUBLISH_IN_BACKGROUND(self) -> bool:
         """Write the publish record from a thread of the process's own, after ``apply_async`` returns."""
         return bool(self._get("PUBLISH_IN_BACKGROUND", False))
@@ -103,6 +108,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], Any]] = {
     "TRACK_PUBLISH": (_is_bool, _("True or False")),
     "PUBLISH_SYNCHRONOUS_COMMIT": (_is_bool, _("True or False")),
     "PUBLISH_IN_BACKGROUND": (_is_bool, _("True or False")),
+    "UNFINISHED_SYNCHRONOUS_COMMIT": (_is_bool, _("True or False")),
     "USE_JSON": (_is_bool, _("True or False")),
     "FORCE_JSON": (_is_bool, _("True or False")),
     "OVERRIDE_DJCELERY_ADMIN": (_is_bool, _("True or False")),

@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.utils.translation import gettext
 from django_celery_results.backends.database import DatabaseBackend
 
+from .conf import app_settings
 from .serialization import (
     as_datetime,
     clean_text,
@@ -206,7 +207,8 @@ class DatabaseResultBackend(DatabaseBackend):
         # A connection the database dropped (restart, idle timeout, failover)
         # is replaced once before the error reaches Celery's own retries.
         connection = connections[alias]
-        with_reconnect(connection, store_state, row)
+        synchronous = state in states.READY_STATES or app_settings.UNFINISHED_SYNCHRONOUS_COMMIT
+        with_reconnect(connection, store_state, row, synchronous)
         if "args" in row and request is not None and connection.get_autocommit():
             # Not inside a transaction (a task's own atomic block): a rollback
             # would take the arguments with it.

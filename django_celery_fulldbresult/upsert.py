@@ -189,13 +189,18 @@ def _finished_list(connection: BaseDatabaseWrapper) -> str:
     return ", ".join("'%s'" % state for state in FINISHED)
 
 
-def store_state(connection: BaseDatabaseWrapper, row: dict[str, Any]) -> None:
-    """Write one state change of one task (see the module's docstring)."""
+def store_state(connection: BaseDatabaseWrapper, row: dict[str, Any], synchronous: bool = True) -> None:
+    """Write one state change of one task (see the module's docstring).
+
+    ``synchronous=False``: as for :func:`record_published`.
+    """
     vendor = connection.vendor
     if vendor not in ("postgresql", "sqlite", "mysql"):
         _store_state_portable(connection, row)
         return
     sql = _cached_sql(connection, "state", 1, _store_state_sql)
+    if not synchronous and _can_commit_asynchronously(connection):
+        sql = ASYNCHRONOUS_COMMIT + sql
     _execute(connection, sql, _params(connection, STATE_COLUMNS, [row]))
 
 

@@ -146,9 +146,10 @@ def worker_env(**settings: Any) -> dict[str, str]:
 def _close_publish_connections() -> Iterator[None]:
     """The publish hook's own connections must not outlive a test (the test database is dropped at the end)."""
     yield
-    from django_celery_fulldbresult.publish import close_connections
+    from django_celery_fulldbresult.publish import close_connections, stop_background_writer
 
     close_connections()
+    stop_background_writer()
 
 
 @pytest.fixture(scope="session")

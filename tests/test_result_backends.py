@@ -178,3 +178,32 @@ def test_the_arguments_are_written_again_after_a_rolled_back_write() -> None:
         raise RuntimeError("the task fails inside its transaction")
     app.backend.store_result("rolled", None, states.FAILURE, request=attempt)
     assert json.loads(TaskResultMeta.objects.get(task_id="rolled").args) == ["keep me"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_unfinished_states_can_commit_without_waiting_for_the_flush() -> None:
+    """UNFINISHED_SYNCHRONOUS_COMMIT = False: STARTED and PROGRESS skip the flush (PostgreSQL), a result never does."""
+    from celery.app.task import Context
+    from django.test.utils import CaptureQueriesContext, override_settings
+
+    from django_celery_fulldbresult.upsert import ASYNCHRONOUS_COMMIT
+
+    attempt = Context(id="fast-start", task="testcelery.tasks.echo", args=[1], kwargs={}, retries=0, children=[])
+    with (
+        override_settings(DJANGO_CELERY_FULLDBRESULT_UNFINISHED_SYNCHRONOUS_COMMIT=False),
+        CaptureQueriesContext(connection) as queries,
+    ):
+        app.backend.store_result("fast-start", None, states.STARTED, request=attempt)
+        app.backend.store_result("fast-start", {"step": 1}, "PROGRESS", request=attempt)
+        app.backend.store_result("fast-start", 2, states.SUCCESS, request=attempt)
+    sql = [q["sql"] for q in queries.captured_queries]
+    assert len(sql) == 3, "still one round-trip each"
+    asynchronous = connection.vendor == "postgresql"  # elsewhere the setting changes nothing
+    assert [s.startswith(ASYNCHRONOUS_COMMIT) for s in sql] == [asynchronous, asynchronous, False]
+    record = TaskResultMeta.objects.get(task_id="fast-start")
+    assert (record.status, record.result, json.loads(record.args)) == (states.SUCCESS, 2, [1])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")  # the session itself is left as it was
+        if connection.vendor == "postgresql":
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone()[0] == "on"
