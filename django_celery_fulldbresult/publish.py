@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import logging
 import os
@@ -327,41 +328,57 @@ class BackgroundWriter:
     GATHER_SECONDS = 0.002
 
     def __init__(self) -> None:
+        self.pid = os.getpid()
         self._rows: deque[dict[str, Any]] = deque()
         self._changed = threading.Condition()
-        self._unwritten = 0  # queued, or taken and not yet written or given up
+        # Rows ever queued, and rows written or given up: one thread writes
+        # them in their order, so flush() waits for a number, not for an
+        # empty queue other threads keep filling.
+        self._queued = 0
+        self._done = 0
         self._stopping = False
         self._idle = False  # waiting for rows (a row wakes it), not gathering them
         self._thread = threading.Thread(target=self._run, name="fulldbresult-publish-writer", daemon=True)
         self._thread.start()
 
-    def put(self, rows: Sequence[dict[str, Any]]) -> None:
+    def is_alive(self) -> bool:
+        return self.pid == os.getpid() and self._thread.is_alive() and not self._stopping
+
+    def put(self, rows: Sequence[dict[str, Any]]) -> bool:
+        """Queue rows; False if this writer is stopping (the caller writes them itself)."""
         with self._changed:
-            if self._unwritten + len(rows) > self.MAX_QUEUED:
-                logger.error(
-                    "Not recording the publication of %d tasks: %d records wait to be written already "
-                    "(is the database reachable?): %s",
-                    len(rows),
-                    self._unwritten,
-                    _id_list(rows),
-                )
-                return
-            self._rows.extend(rows)
-            self._unwritten += len(rows)
-            if self._idle:  # gathering, it is not woken by each row
-                self._changed.notify_all()
+            if self._stopping:
+                return False
+            waiting = self._queued - self._done
+            full = waiting + len(rows) > self.MAX_QUEUED
+            if not full:
+                self._rows.extend(rows)
+                self._queued += len(rows)
+                if self._idle:  # gathering, it is not woken by each row
+                    self._changed.notify_all()
+        if full:
+            logger.error(
+                "Not recording the publication of %d tasks: %d records wait to be written already "
+                "(is the database reachable?): %s",
+                len(rows),
+                waiting,
+                _id_list(rows),
+            )
+        return True
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every row queued so far is written (or given up); False if ``timeout`` came first."""
+        """Wait until the rows queued before this call are written (or given up); False if ``timeout`` came first."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._unwritten == 0, timeout)
+            target = self._queued
+            return self._changed.wait_for(lambda: self._done >= target or not self._thread.is_alive(), timeout)
 
     def stop(self, timeout: float | None = None) -> None:
         """Write what is queued, close the connection and end the thread."""
         with self._changed:
             self._stopping = True
             self._changed.notify_all()
-        self._thread.join(timeout)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def _take(self) -> list[dict[str, Any]] | None:
         """The next rows to write; [] after an idle spell; None when stopping with nothing left."""
@@ -380,17 +397,23 @@ class BackgroundWriter:
     def _run(self) -> None:
         try:
             while (rows := self._take()) is not None:
-                if not rows:
-                    connections.close_all()  # this thread's own connections: idle
-                    continue
                 try:
-                    self._write(rows)
+                    if rows:
+                        self._write(rows)
+                    else:
+                        connections.close_all()  # this thread's own connections: idle
+                except Exception:  # the thread must outlive anything
+                    logger.exception("The publish records' writer failed")
                 finally:
                     with self._changed:
-                        self._unwritten -= len(rows)
+                        self._done += len(rows)
                         self._changed.notify_all()
         finally:
-            connections.close_all()
+            with self._changed:
+                self._stopping = True  # a writer whose thread ended takes no more rows
+                self._changed.notify_all()
+            with contextlib.suppress(Exception):
+                connections.close_all()
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         unique = list({row["task_id"]: row for row in rows}.values())
@@ -414,36 +437,60 @@ def _id_list(rows: Sequence[dict[str, Any]]) -> str:
 
 _writer: BackgroundWriter | None = None
 _writer_lock = threading.Lock()
+#: Set once the interpreter exits: rows published after are written at once.
+_exiting = False
 
 
-def _background() -> BackgroundWriter:
+def _background() -> BackgroundWriter | None:
+    """This process's running writer (a new one if it has none, or only a dead or inherited one); None at exit."""
     global _writer
     writer = _writer
-    if writer is None:
-        with _writer_lock:
-            if _writer is None:
-                _writer = BackgroundWriter()
-            writer = _writer
-    return writer
+    if writer is not None and writer.is_alive():
+        return writer
+    with _writer_lock:
+        if _exiting:
+            return None
+        if _writer is None or not _writer.is_alive():
+            _writer = BackgroundWriter()
+        return _writer
+
+
+def _queue(rows: list[dict[str, Any]]) -> None:
+    """Hand rows to the background writer; write them now when it cannot take them."""
+    writer = _background()
+    if writer is None or not writer.put(rows):
+        _write_batch(rows)
 
 
 def flush(timeout: float | None = None) -> bool:
     """Wait until the publish records queued by this process (``PUBLISH_IN_BACKGROUND``) are written.
 
-    Returns False if ``timeout`` seconds passed first; True at once when
-    nothing waits (or the setting is off).
+    Waits for the rows queued before the call, not for those other threads
+    queue meanwhile. Returns False if ``timeout`` seconds passed first; True
+    at once when nothing waits (or the setting is off).
     """
     writer = _writer
     return writer.flush(timeout) if writer is not None else True
 
 
 def stop_background_writer(timeout: float | None = 10.0) -> None:
-    """Write what is queued and end the background writer (a new one starts at the next row)."""
+    """Write what is queued and end the background writer (a new one starts at the next row).
+
+    Call it where a test's database is torn down: the writer's connection
+    would otherwise stay open for :data:`BackgroundWriter.IDLE_SECONDS`.
+    """
     global _writer
     with _writer_lock:
         writer, _writer = _writer, None
     if writer is not None:
         writer.stop(timeout)
+
+
+def _stop_at_exit() -> None:
+    global _exiting
+    with _writer_lock:
+        _exiting = True
+    stop_background_writer()
 
 
 def flush_after_task(**kwargs: Any) -> None:
@@ -454,19 +501,21 @@ def flush_after_task(**kwargs: Any) -> None:
 def _forget_writer_in_child() -> None:
     # A forked child has no copy of the parent's thread: the rows it queues
     # need a writer of its own (the parent's thread writes the parent's).
+    # (Where fork hooks do not run, uWSGI's prefork, _background() sees the
+    # writer is the parent's by its pid.)
     global _writer, _writer_lock
     _writer, _writer_lock = None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_writer_in_child)
 # Runs before the interpreter stops its daemon threads.
-atexit.register(stop_background_writer)
+atexit.register(_stop_at_exit)
 
 
 def _record(rows: list[dict[str, Any]]) -> None:
     """The handler's write: now, or by the background writer."""
     if app_settings.PUBLISH_IN_BACKGROUND:
-        _background().put(rows)
+        _queue(rows)
     else:
         _write_batch(rows)
 
@@ -506,7 +555,7 @@ def on_before_task_publish(
         buffer = getattr(_local, "buffer", None)
         if buffer is None:
             if app_settings.PUBLISH_IN_BACKGROUND:
-                _background().put([row])
+                _queue([row])
             else:
                 write_records([row])
             return

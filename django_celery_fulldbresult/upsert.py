@@ -169,18 +169,32 @@ def _named_placeholders(sql: str) -> str:
     return "".join(f"{part}%({i})s" for i, part in enumerate(parts[:-1])) + parts[-1]
 
 
-#: "0", "1", ...: the names of SQLite's parameters, made once.
-_NAMES: list[str] = []
+#: "0", "1", ...: the names of SQLite's parameters, made once (replaced whole,
+#: never extended in place: threads may read it while another one grows it).
+_NAMES: tuple[str, ...] = ()
 
 
 def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any]) -> None:
+    global _NAMES
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":  # by name (_named_placeholders)
-            if len(_NAMES) < len(params):
-                _NAMES.extend(str(i) for i in range(len(_NAMES), len(params)))
-            cursor.execute(sql, dict(zip(_NAMES, params, strict=False)))
+            names = _NAMES
+            if len(names) < len(params):
+                names = _NAMES = tuple(str(i) for i in range(len(params)))
+            cursor.execute(sql, dict(zip(names, params, strict=False)))
         else:
             cursor.execute(sql, params)
+
+
+def _rows_per_statement(connection: BaseDatabaseWrapper, columns: int) -> int | None:
+    """SQLite: how many rows fit in one statement (999 parameters before SQLite 3.32, 32,766 since)."""
+    if connection.vendor != "sqlite":
+        return None
+    import sqlite3
+
+    connection.ensure_connection()
+    limit = int(connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    return max(1, limit // columns)
 
 
 def _finished_list(connection: BaseDatabaseWrapper) -> str:
@@ -302,6 +316,11 @@ def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, A
     vendor = connection.vendor
     if vendor not in ("postgresql", "sqlite", "mysql"):
         _record_published_portable(connection, rows)
+        return
+    per = _rows_per_statement(connection, len(PUBLISH_COLUMNS))
+    if per is not None and len(rows) > per:
+        for start in range(0, len(rows), per):
+            record_published(connection, rows[start : start + per], synchronous)
         return
     sql = _cached_sql(connection, "publish", len(rows), _record_published_sql)
     if not synchronous and _can_commit_asynchronously(connection):

@@ -183,3 +183,58 @@ def test_a_worker_writes_what_its_tasks_published_before_their_next_task(start_w
     assert len(records) == 3
     assert all(r.status == states.SUCCESS for r in records)
     assert all(r.date_submitted is not None for r in records), "each link's publish record was written"
+
+
+def test_flush_waits_for_the_rows_queued_before_it_not_for_later_ones(parked: str) -> None:
+    import threading
+    import time
+
+    tasks.add.apply_async((0, 0), queue=parked)
+    publish.flush(timeout=10)
+    stop = threading.Event()
+
+    def keep_publishing() -> None:  # another thread of a busy process
+        while not stop.is_set():
+            tasks.add.apply_async((1, 1), queue=parked)
+
+    other = threading.Thread(target=keep_publishing)
+    other.start()
+    try:
+        time.sleep(0.1)
+        mine = tasks.add.apply_async((2, 2), queue=parked)
+        started = time.monotonic()
+        assert publish.flush(timeout=20)
+        waited = time.monotonic() - started
+        assert TaskResultMeta.objects.filter(task_id=mine.id).exists()
+    finally:
+        stop.set()
+        other.join()
+    assert waited < 2, f"flush() waited {waited:.1f} s: it waited for the other thread's rows too"
+
+
+def test_rows_handed_to_a_stopped_writer_are_written_at_once(parked: str) -> None:
+    writer = publish._background()
+    assert writer is not None
+    writer.stop(timeout=10)  # what the interpreter's exit, or a thread that died, leaves
+    assert not writer.put([{"task_id": "x"}]), "a stopped writer takes no rows"
+    result = tasks.add.apply_async((1, 2), queue=parked)  # a new writer is started
+    assert publish.flush(timeout=10)
+    assert TaskResultMeta.objects.filter(task_id=result.id).exists()
+    publish._exiting, exiting = True, publish._exiting
+    try:  # after the interpreter's exit began: written by the caller
+        late = tasks.add.apply_async((3, 4), queue=parked)
+        publish.stop_background_writer()
+        assert TaskResultMeta.objects.filter(task_id=late.id).exists()
+    finally:
+        publish._exiting = exiting
+
+
+def test_a_writer_inherited_from_another_process_is_replaced(parked: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # uWSGI's prefork runs no fork hooks: the child finds the parent's writer, without its thread.
+    writer = publish._background()
+    assert writer is not None
+    monkeypatch.setattr(writer, "pid", -1)
+    result = tasks.add.apply_async((1, 2), queue=parked)
+    assert publish._writer is not writer
+    assert publish.flush(timeout=10)
+    assert TaskResultMeta.objects.filter(task_id=result.id).exists()

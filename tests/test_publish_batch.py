@@ -138,3 +138,19 @@ def test_a_failed_batch_write_is_logged_and_the_tasks_are_still_sent(
     with app.connection_for_write() as conn:
         _, count, _ = conn.default_channel.queue_declare(PARKED, passive=True)
     assert count >= 1, f"{result.id} was sent all the same"
+
+
+@pytest.mark.skipif("connection.vendor != 'sqlite'")
+def test_a_batch_past_sqlites_parameter_limit_is_split(parked: str) -> None:
+    import sqlite3
+
+    connection.ensure_connection()
+    raw = connection.connection
+    before = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # SQLite before 3.32
+    try:
+        with publish.batch():
+            sent = [tasks.add.apply_async((i, i), queue=parked) for i in range(200)]
+    finally:
+        raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, before)
+    assert TaskResultMeta.objects.filter(task_id__in=[r.id for r in sent]).count() == 200
