@@ -8,21 +8,24 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery, current_app, states
+from django.contrib import admin as django_admin
+from django.contrib.admin.templatetags import admin_list
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import formats, timezone, translation
 
 from django_celery_fulldbresult import admin as fdr_admin
 from django_celery_fulldbresult.models import TaskResultMeta
+from django_celery_fulldbresult.templatetags import fulldbresult_admin
 from tests.conftest import ROOT, wait_for
 
 CHANGELIST = "admin:django_celery_fulldbresult_taskresultmeta_changelist"
@@ -185,6 +188,125 @@ def test_sorting_by_a_column_follows_its_index_one_way(admin_client: Client) -> 
     assert [r.task_id for r in rows] == [r.task_id for r in newest_first]
 
 
+# -- the list's rows, written without {% result_list %} -----------------------------------------
+
+
+def admins_rows(cl: Any) -> list[str]:
+    """The rows as Django's own ``{% result_list %}`` writes them (its template puts each in a <tr>)."""
+    return ["".join(items) for items in admin_list.result_list(cl)["results"]]
+
+
+def rows_of_every_kind() -> list[TaskResultMeta]:
+    """Dates in one minute and across minutes, with seconds; no date, no name, markup in a name; an ETA or none."""
+    base = datetime(2026, 3, 29, 0, 59, 58, 123456, tzinfo=UTC)
+    return [
+        record(date_submitted=base, date_done=base + timedelta(seconds=1)),
+        record(date_submitted=base + timedelta(seconds=1), date_done=base + timedelta(seconds=3)),
+        record(date_submitted=None, date_done=base + timedelta(minutes=1, seconds=59), task=None),
+        record(date_done=base + timedelta(hours=13), task="   ", eta=base + timedelta(days=1, seconds=30)),
+        record(date_done=base + timedelta(hours=14), task=" padded\t", task_id=" spaced-id "),
+        record(date_done=base - timedelta(days=400), task="<b>a&b</b>", status=states.FAILURE, eta=base),
+        record(date_done=base + timedelta(hours=12), status="<i>", task_id="<id & 'quote'>"),
+    ]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("zone", "language"),
+    [
+        ("UTC", "en-us"),
+        ("Asia/Kathmandu", "de"),
+        ("America/St_Johns", "fr"),
+        ("Europe/Paris", "ja"),
+        ("UTC", "es"),
+        ("Europe/Paris", "bs"),
+    ],
+)
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"status": "FAILURE", "q": "a&b"}, {"task": "<b>a&b</b>", "o": "-2.3"}, {"o": "4"}],
+    ids=["plain", "filtered-searched", "filtered-sorted", "sorted"],
+)
+def test_rows_are_the_admins_rows(admin_client: Client, zone: str, language: str, params: dict[str, str]) -> None:
+    """Byte for byte what the admin's {% result_list %} writes: columns, links with kept filters, checkbox, dates."""
+    rows_of_every_kind()
+    with timezone.override(zone), translation.override(language):
+        response = admin_client.get(reverse(CHANGELIST), params)
+        page = response.content.decode()
+        cl = response.context["cl"]
+        assert fulldbresult_admin.result_list(cl)["results"], "the list is not empty"
+        lean = [row for [row] in fulldbresult_admin.result_list(cl)["results"]]
+        assert lean == admins_rows(cl)
+        assert fulldbresult_admin.result_list(cl)["result_headers"] == admin_list.result_list(cl)["result_headers"]
+    for row in lean:
+        assert f"<tr>{row}</tr>" in page
+    assert page.count('class="action-select"') == len(lean)
+    if params.get("status"):
+        assert "_changelist_filters=status%3DFAILURE%26q%3Da%2526b" in lean[0]
+
+
+@pytest.mark.django_db
+def test_rows_show_dates_in_the_active_time_zone(admin_client: Client) -> None:
+    done = datetime(2026, 1, 15, 23, 50, 10, tzinfo=UTC)
+    record(date_done=done, date_submitted=done - timedelta(seconds=5))
+    with timezone.override("Asia/Kathmandu"):  # +05:45
+        page = admin_client.get(reverse(CHANGELIST)).content.decode()
+    assert '<td class="field-date_done nowrap">Jan. 16, 2026, 5:35 a.m.</td>' in page
+    assert '<td class="field-date_submitted nowrap">Jan. 16, 2026, 5:35 a.m.</td>' in page
+    with timezone.override("UTC"), translation.override("de"):
+        page = admin_client.get(reverse(CHANGELIST)).content.decode()
+    assert '<td class="field-date_done nowrap">15. Januar 2026 23:50</td>' in page
+
+
+@pytest.mark.django_db
+def test_rows_with_seconds_in_the_date_format_are_each_formatted(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A format showing seconds: no two dates of one minute share their text."""
+    rows_of_every_kind()
+    original = formats.get_format
+
+    def with_seconds(name: str, *args: Any, **kwargs: Any) -> Any:
+        return "Y-m-d H:i:s.u" if name == "DATETIME_FORMAT" else original(name, *args, **kwargs)
+
+    monkeypatch.setattr(formats, "get_format", with_seconds)
+    response = admin_client.get(reverse(CHANGELIST))
+    cl = response.context["cl"]
+    lean = [row for [row] in fulldbresult_admin.result_list(cl)["results"]]
+    assert lean == admins_rows(cl)
+    assert "2026-03-29 00:59:58.123456" in response.content.decode()
+    assert "2026-03-29 00:59:59.123456" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_rows_without_the_checkbox_when_no_action_is_allowed() -> None:
+    record()
+    client = staff_client("view_taskresultmeta")
+    response = client.get(reverse(CHANGELIST))
+    cl = response.context["cl"]
+    assert "action_checkbox" not in cl.list_display
+    lean = [row for [row] in fulldbresult_admin.result_list(cl)["results"]]
+    assert lean == admins_rows(cl)
+    assert "action-select" not in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_other_columns_are_written_by_the_admin(admin_client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subclass (or a changed method) that the lean rows do not know brings back the admin's rendering."""
+    obj = record(hostname="worker-7")
+    model_admin = django_admin.site._registry[TaskResultMeta]
+    monkeypatch.setattr(model_admin, "list_display", (*fdr_admin.LIST_DISPLAY, "hostname"))
+    response = admin_client.get(reverse(CHANGELIST))
+    assert response.context["cl"].rendered_rows() is None
+    assert '<td class="field-hostname">worker-7</td>' in response.content.decode()
+    monkeypatch.undo()
+    monkeypatch.setattr(model_admin, "state", lambda record: "S!")
+    response = admin_client.get(reverse(CHANGELIST))
+    assert response.context["cl"].rendered_rows() is None
+    assert '<td class="field-state">S!</td>' in response.content.decode()
+    assert obj.task_id in response.content.decode()
+
+
 @pytest.mark.django_db
 def test_count_is_capped_and_pages_stop(admin_client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fdr_admin.EstimatedCountPaginator, "cap", 5)
@@ -236,7 +358,7 @@ def test_a_slow_count_is_cut_off_on_postgresql(admin_client: Client, monkeypatch
         return counted[-1]
 
     def slow(self: Any, request: Any) -> Any:
-        # Every row costs the database 0.1 s: the count cannot finish in 30 ms.
+        # Every row costs the database 0.1 s: the count cannot finish in COUNT_TIMEOUT_MS.
         return TaskResultMeta.objects.extra(where=["pg_sleep(0.1) IS NOT NULL"])
 
     monkeypatch.setattr(fdr_admin.EstimatedCountPaginator, "_capped_count", spy)
