@@ -68,6 +68,9 @@ MATRIX = [
 #: runs) in one run of the matrix only; the others deselect them, so that CI
 #: stays well under 30 minutes on two cores.
 HEAVY_RUN = ("newest", "postgres-redis")
+#: The run whose PostgreSQL connections prepare their statements (Django's
+#: ``OPTIONS["prepare_threshold"]``); the other PostgreSQL run keeps Django's default.
+PREPARED_RUN = ("newest", "postgres-redis")
 LIGHT_ARGS = ["-m", "not load and not packaging", "--ignore=tests/test_bench_smoke.py"]
 #: The packaging tests build and install wheels: ``lint`` runs them, once.
 HEAVY_ARGS = ["-m", "not packaging"]
@@ -132,6 +135,8 @@ def run_pytest(python: Path, target: str, pytest_args: list[str], label: str) ->
     if database != "sqlite":
         # One test database per run, so two runs on one server never collide.
         env["FULLDBRESULT_DB_NAME"] = f"fulldbresult_{label}".replace("-", "_")
+    if (label, target) == PREPARED_RUN:
+        env["FULLDBRESULT_DB_PREPARE"] = "5"
     say(f"pytest: {label}, {target} ({database} + {broker})")
     durations = ["--durations=15"] if IN_CI else []
     code = subprocess.run([str(python), "-m", "pytest", *durations, *pytest_args], cwd=ROOT, env=env).returncode

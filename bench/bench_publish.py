@@ -14,8 +14,9 @@ measured three times: as shipped, with ``PUBLISH_SYNCHRONOUS_COMMIT = False``
 ``PUBLISH_IN_BACKGROUND = True`` (the write made by a thread of its own after
 ``apply_async`` returns; timed twice: the calls alone, and until every
 record is written, which is the rate the writer sustains). A second table
-times each publish alone (the record written before the next call, untimed):
-the latency of one ``apply_async`` in a request, the median of the calls.
+times each publish alone (the record written before the next call, untimed,
+and the same pause before each): the latency of one ``apply_async`` in a
+request, the median of the calls; there the modes take turns call by call.
 """
 
 from __future__ import annotations
@@ -73,26 +74,39 @@ def publishes(
     return run
 
 
-def one_at_a_time(
-    app: Any, task: Any, count: int, on: bool, synchronous: bool = True, background: bool = False
-) -> Callable[[], float]:
-    """``count`` publishes each timed alone, the record written before the next (1 / the median latency)."""
+#: The modes timed one publish at a time: (TRACK_PUBLISH, PUBLISH_SYNCHRONOUS_COMMIT, PUBLISH_IN_BACKGROUND).
+MODES = {
+    "TRACK_PUBLISH off": (False, True, False),
+    "TRACK_PUBLISH on": (True, True, False),
+    "on, asynchronous commit": (True, False, False),
+    "on, in background": (True, True, True),
+}
+
+
+def one_at_a_time(app: Any, task: Any, count: int) -> Callable[[], dict[str, float]]:
+    """A round of ``count`` publishes per mode, each timed alone; the modes take turns call by call.
+
+    Before each call: the previous record written (untimed) and the same
+    pause for every mode, so that each call meets the same machine.
+    Returns each mode's median latency, in seconds.
+    """
     import time
 
     from django_celery_fulldbresult import publish
 
-    def run() -> float:
-        tracking(on, synchronous, background)
-        latencies = []
+    def run() -> dict[str, float]:
+        latencies: dict[str, list[float]] = {name: [] for name in MODES}
         with app.producer_or_acquire() as producer:
             for i in range(count):
-                start = time.perf_counter()
-                task.apply_async((i,), {"payload": "x" * 40}, queue=QUEUE, producer=producer)
-                latencies.append(time.perf_counter() - start)
-                publish.flush()  # untimed: the writer is idle when the next call starts,
-                time.sleep(PAUSE)  # and every contender's call comes after the same pause
+                for name, mode in MODES.items():
+                    tracking(*mode)
+                    time.sleep(PAUSE)
+                    start = time.perf_counter()
+                    task.apply_async((i,), {"payload": "x" * 40}, queue=QUEUE, producer=producer)
+                    latencies[name].append(time.perf_counter() - start)
+                    publish.flush()
         purge(app)
-        return 1 / statistics.median(latencies)
+        return {name: statistics.median(values) for name, values in latencies.items()}
 
     return run
 
@@ -201,21 +215,18 @@ def main() -> None:
     print(f"  in background, {count} publishes and all their records written: {written:.0f}/s")
 
     # The same, each publish alone: what one apply_async in a request costs.
-    rates = alternate(
-        {
-            "TRACK_PUBLISH off": one_at_a_time(app, noop, count, False),
-            "TRACK_PUBLISH on": one_at_a_time(app, noop, count, True),
-            "on, asynchronous commit": one_at_a_time(app, noop, count, True, synchronous=False),
-            "on, in background": one_at_a_time(app, noop, count, True, background=True),
-        },
-        rounds,
-    )
-    report(f"apply_async one at a time, {args.db}, {count} per round (1 / median latency)", "calls/s", rates)
-    off = statistics.median(rates["TRACK_PUBLISH off"])
-    print(f"  latency, TRACK_PUBLISH off: {1e6 / off:.0f} µs")
-    for name in ("TRACK_PUBLISH on", "on, asynchronous commit", "on, in background"):
-        on = statistics.median(rates[name])
-        print(f"  latency, {name}: {1e6 / on:.0f} µs: {100 * (off / on - 1):+.0f}%")
+    run = one_at_a_time(app, noop, count)
+    medians: dict[str, list[float]] = {name: [] for name in MODES}
+    for _ in range(rounds):
+        for name, value in run().items():
+            medians[name].append(value)
+    print(f"\napply_async one at a time, {args.db}, {count} calls per mode per round, modes taking turns")
+    off = statistics.median(medians["TRACK_PUBLISH off"])
+    for name, values in medians.items():
+        middle = statistics.median(values)
+        spread = f"{1e6 * min(values):.0f}–{1e6 * max(values):.0f}"
+        versus = "" if name == "TRACK_PUBLISH off" else f": {100 * (middle / off - 1):+.0f}%"
+        print(f"  {name:<28} median latency {1e6 * middle:6.0f} µs  rounds {spread}{versus}")
 
     # What the write itself costs, without Celery or the broker: the floor of
     # what any synchronous publish write into this table adds.

@@ -10,9 +10,10 @@ SUCCESS), as a worker with ``task_track_started`` does, through:
 * ``fulldbresult``: ``DatabaseResultBackend.store_result``;
 * ``django-celery-results``: its ``DatabaseBackend.store_result``, with
   ``result_extended=True``;
-* on PostgreSQL, ``fulldbresult`` again with
-  ``UNFINISHED_SYNCHRONOUS_COMMIT = False`` (STARTED does not wait for the
-  disk flush, SUCCESS does);
+* on PostgreSQL, ``fulldbresult`` again with psycopg's prepared statements
+  turned on (``DATABASES[...]["OPTIONS"]["prepare_threshold"] = 5``; Django
+  leaves them off), and with ``UNFINISHED_SYNCHRONOUS_COMMIT = False``
+  (STARTED does not wait for the disk flush, SUCCESS does);
 * ``raw upsert``: a single-row upsert of the same columns into the same table
   with the database driver alone (psycopg / sqlite3 / MySQLdb, autocommit):
   the limit a Django app can approach.
@@ -78,13 +79,24 @@ def backends() -> tuple[Any, Any, Any]:
     return app, DatabaseResultBackend(app=app), DatabaseBackend(app=app)
 
 
-def through_backend(app: Any, backend: Any, count: int, synchronous: bool = True) -> Callable[[], float]:
-    """``synchronous=False``: this project with ``UNFINISHED_SYNCHRONOUS_COMMIT = False``."""
+def through_backend(
+    app: Any, backend: Any, count: int, synchronous: bool = True, prepare: bool = False
+) -> Callable[[], float]:
+    """``synchronous=False``: ``UNFINISHED_SYNCHRONOUS_COMMIT = False``; ``prepare``: ``prepare_threshold = 5``."""
     from celery import states
     from django.conf import settings
+    from django.db import connection
 
     def run() -> float:
         settings.DJANGO_CELERY_FULLDBRESULT_UNFINISHED_SYNCHRONOUS_COMMIT = synchronous
+        options = connection.settings_dict["OPTIONS"]
+        if prepare != ("prepare_threshold" in options):
+            # A new connection with the other option, as the project's settings would make it.
+            connection.close()
+            if prepare:
+                options["prepare_threshold"] = 5
+            else:
+                del options["prepare_threshold"]
         requests = [request(app, str(uuid.uuid4())) for _ in range(count)]
 
         def work() -> None:
@@ -227,6 +239,8 @@ def main() -> None:
         "raw upsert (driver)": raw.runner(tasks),
     }
     if args.db == "postgres":
+        # Django's option for psycopg's prepared statements (off by default, for PgBouncer).
+        contenders["fulldbresult, prepare_threshold = 5"] = through_backend(app, ours, tasks, prepare=True)
         # STARTED committed without waiting for the disk flush; SUCCESS waits (and flushes both).
         contenders["fulldbresult, UNFINISHED_SYNCHRONOUS_COMMIT off"] = through_backend(app, ours, tasks, False)
     rates = alternate(contenders, rounds)

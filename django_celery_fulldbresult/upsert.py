@@ -174,9 +174,9 @@ def _named_placeholders(sql: str) -> str:
 _NAMES: tuple[str, ...] = ()
 
 
-def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any]) -> None:
+def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any], prepare: bool = True) -> None:
     global _NAMES
-    with connection.cursor() as cursor:
+    with _prepared_cursor(connection) if prepare and _prepares(connection) else connection.cursor() as cursor:
         if connection.vendor == "sqlite":  # by name (_named_placeholders)
             names = _NAMES
             if len(names) < len(params):
@@ -184,6 +184,32 @@ def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any]) -> No
             cursor.execute(sql, dict(zip(names, params, strict=False)))
         else:
             cursor.execute(sql, params)
+
+
+def _prepares(connection: BaseDatabaseWrapper) -> bool:
+    """Whether the project turned psycopg's prepared statements on (Django's ``OPTIONS["prepare_threshold"]``).
+
+    Django leaves them off, for connection poolers (PgBouncer in transaction
+    mode before 1.21), and binds parameters on the client, which never
+    prepares. Turned on, the writes here bind on the server and are prepared
+    after ``prepare_threshold`` runs: PostgreSQL then stops parsing and
+    planning the 3 kB state write at each state change, most of what it
+    costs beyond a plain upsert (``bench/README.md``).
+    """
+    return (
+        connection.vendor == "postgresql" and connection.settings_dict["OPTIONS"].get("prepare_threshold") is not None
+    )
+
+
+def _prepared_cursor(connection: BaseDatabaseWrapper) -> Any:
+    """A Django cursor that binds on the server (Django's own class for ``server_side_binding``)."""
+    from django.db.backends.postgresql import base
+
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    with connection.wrap_database_errors:
+        cursor: Any = base.ServerBindingCursor(connection.connection)  # type: ignore[call-arg]
+    return connection.make_debug_cursor(cursor) if connection.queries_logged else connection.make_cursor(cursor)
 
 
 def _rows_per_statement(connection: BaseDatabaseWrapper, columns: int) -> int | None:
@@ -213,9 +239,10 @@ def store_state(connection: BaseDatabaseWrapper, row: dict[str, Any], synchronou
         _store_state_portable(connection, row)
         return
     sql = _cached_sql(connection, "state", 1, _store_state_sql)
-    if not synchronous and _can_commit_asynchronously(connection):
+    asynchronous = not synchronous and _can_commit_asynchronously(connection)
+    if asynchronous:  # two statements: bound on the client, never prepared
         sql = ASYNCHRONOUS_COMMIT + sql
-    _execute(connection, sql, _params(connection, STATE_COLUMNS, [row]))
+    _execute(connection, sql, _params(connection, STATE_COLUMNS, [row]), prepare=not asynchronous)
 
 
 #: MariaDB's session variable for the state write's guard (see _store_state_sql).
@@ -323,9 +350,10 @@ def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, A
             record_published(connection, rows[start : start + per], synchronous)
         return
     sql = _cached_sql(connection, "publish", len(rows), _record_published_sql)
-    if not synchronous and _can_commit_asynchronously(connection):
+    asynchronous = not synchronous and _can_commit_asynchronously(connection)
+    if asynchronous:
         sql = ASYNCHRONOUS_COMMIT + sql
-    _execute(connection, sql, _params(connection, PUBLISH_COLUMNS, rows))
+    _execute(connection, sql, _params(connection, PUBLISH_COLUMNS, rows), prepare=not asynchronous)
 
 
 #: PostgreSQL runs the statements of one simple query as one implicit transaction, which SET LOCAL applies to.

@@ -11,6 +11,9 @@ FULLDBRESULT_BROKER        a Celery broker URL; default: kombu's filesystem
                            server needed)
 FULLDBRESULT_VAR           where SQLite files and the embedded broker live
                            (default: ``var/`` in the project)
+FULLDBRESULT_DB_PREPARE    PostgreSQL: psycopg's ``prepare_threshold`` (Django
+                           leaves prepared statements off; see "Worker
+                           throughput" in the README)
 DJANGO_CELERY_FULLDBRESULT_*  the app's settings, as JSON (tests use them to
                            configure a worker process)
 =========================  ==============================================
@@ -89,6 +92,8 @@ if _DB == "postgres":
             "CONN_HEALTH_CHECKS": True,
         }
     }
+    if os.environ.get("FULLDBRESULT_DB_PREPARE"):
+        DATABASES["default"]["OPTIONS"] = {"prepare_threshold": int(os.environ["FULLDBRESULT_DB_PREPARE"])}
 elif _DB == "mysql":
     DATABASES = {
         "default": {

@@ -134,10 +134,14 @@ def test_store_is_one_statement() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_arguments_are_sent_with_the_first_state_of_an_attempt_only() -> None:
+def test_the_arguments_are_sent_with_the_first_state_of_an_attempt_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """A big argument is written once per attempt, not again with each state; the record keeps it."""
     from celery.app.task import Context
     from django.test.utils import CaptureQueriesContext
+
+    # Measured on the statements' text: parameters bound on the client are in it.
+    monkeypatch.delitem(connection.settings_dict["OPTIONS"], "prepare_threshold", raising=False)
+    connection.close()
 
     big = "x" * 200_000
     attempt = Context(
@@ -207,3 +211,36 @@ def test_unfinished_states_can_commit_without_waiting_for_the_flush() -> None:
         if connection.vendor == "postgresql":
             cursor.execute("SHOW synchronous_commit")
             assert cursor.fetchone()[0] == "on"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="psycopg's prepared statements")
+def test_the_writes_are_prepared_when_the_project_turns_prepared_statements_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Django's OPTIONS["prepare_threshold"]: the state and publish writes are prepared, still one round-trip."""
+    from celery.app.task import Context
+    from django.test.utils import CaptureQueriesContext, override_settings
+
+    monkeypatch.setitem(connection.settings_dict["OPTIONS"], "prepare_threshold", 2)
+    connection.close()
+    try:
+        for n in range(3):
+            attempt = Context(id=f"prepared-{n}", task="testcelery.tasks.echo", args=[n], kwargs={}, retries=0)
+            with CaptureQueriesContext(connection) as queries:
+                app.backend.store_result(attempt.id, None, states.STARTED, request=attempt)
+                app.backend.store_result(attempt.id, n, states.SUCCESS, request=attempt)
+            assert len(queries) == 2
+        with override_settings(DJANGO_CELERY_FULLDBRESULT_UNFINISHED_SYNCHRONOUS_COMMIT=False):
+            app.backend.store_result("prepared-3", None, states.STARTED)  # two statements: not prepared
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement FROM pg_prepared_statements")
+            prepared = [row[0] for row in cursor.fetchall()]
+        table = TaskResultMeta._meta.db_table
+        assert any(sql.startswith(f'INSERT INTO "{table}"') for sql in prepared), prepared
+        records = TaskResultMeta.objects.filter(task_id__startswith="prepared-").order_by("task_id")
+        assert [(r.status, r.result) for r in records] == [
+            (states.SUCCESS, 0), (states.SUCCESS, 1), (states.SUCCESS, 2), (states.STARTED, None),
+        ]  # fmt: skip
+    finally:
+        connection.close()

@@ -43,11 +43,24 @@ class Request:
         self.children: list[Any] = []
 
 
-@pytest.fixture(params=["sql", "portable"])
+@pytest.fixture(params=["sql", "prepared", "portable"])
 def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Both implementations of the write: the one-statement upsert, and the other databases' transaction."""
+    """Each way of writing: the one-statement upsert, the same prepared (PostgreSQL), the other databases'."""
     if request.param == "portable":
-        monkeypatch.setattr(result_backends, "store_state", upsert._store_state_portable)
+        monkeypatch.setattr(
+            result_backends,
+            "store_state",
+            lambda connection, row, synchronous=True: upsert._store_state_portable(connection, row),
+        )
+    if request.param == "prepared":
+        if connection.vendor != "postgresql":
+            pytest.skip("psycopg's prepared statements")
+        # Django's option, prepared from the first run: a new connection with it.
+        monkeypatch.setitem(connection.settings_dict["OPTIONS"], "prepare_threshold", 0)
+        connection.close()
+        yield request.param
+        connection.close()
+        return
     yield request.param
 
 
