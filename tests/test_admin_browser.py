@@ -116,7 +116,8 @@ def test_operator_retries_failed_tasks_in_a_browser(start_worker: Any, live_serv
 
     page.goto(live_server.url + CHANGELIST)
     assert new_id in page.inner_text("#result_list")
-    page.click(f"text={new_id}")
+    with page.expect_navigation():  # the task page loaded, not only requested
+        page.click(f"text={new_id}")
     assert "disk full" in page.inner_text("#content-main")
     assert failed_id in page.inner_text("#content-main")
 
