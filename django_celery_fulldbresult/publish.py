@@ -416,7 +416,7 @@ class BackgroundWriter:
                 connections.close_all()
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
-        unique = list({row["task_id"]: row for row in rows}.values())
+        unique = _unique(rows)
         for delay in (*self.RETRY_DELAYS, None):
             try:
                 write_records(unique)
@@ -520,10 +520,14 @@ def _record(rows: list[dict[str, Any]]) -> None:
         _write_batch(rows)
 
 
+def _unique(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per task id: a statement that met the same key twice would fail
+    (PostgreSQL's ON CONFLICT); the later publication is the one that counts."""
+    return list({row["task_id"]: row for row in rows}.values())
+
+
 def _write_batch(rows: list[dict[str, Any]]) -> None:
-    # One row per task id: a statement that met the same key twice would fail
-    # (PostgreSQL's ON CONFLICT); the later publication is the one that counts.
-    unique = list({row["task_id"]: row for row in rows}.values())
+    unique = _unique(rows)
     for start in range(0, len(unique), BATCH_SIZE):
         chunk = unique[start : start + BATCH_SIZE]
         try:

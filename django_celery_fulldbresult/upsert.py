@@ -174,8 +174,13 @@ def _named_placeholders(sql: str) -> str:
 _NAMES: tuple[str, ...] = ()
 
 
-def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any], prepare: bool = True) -> None:
+def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any], synchronous: bool = True) -> None:
+    """Run one of the writes; ``synchronous=False`` as :func:`record_published` says."""
     global _NAMES
+    prepare = True
+    if not synchronous and _can_commit_asynchronously(connection):
+        sql = ASYNCHRONOUS_COMMIT + sql
+        prepare = False  # two statements: bound on the client, never prepared
     with _prepared_cursor(connection) if prepare and _prepares(connection) else connection.cursor() as cursor:
         if connection.vendor == "sqlite":  # by name (_named_placeholders)
             names = _NAMES
@@ -212,10 +217,14 @@ def _prepared_cursor(connection: BaseDatabaseWrapper) -> Any:
     return connection.make_debug_cursor(cursor) if connection.queries_logged else connection.make_cursor(cursor)
 
 
-def _rows_per_statement(connection: BaseDatabaseWrapper, columns: int) -> int | None:
-    """SQLite: how many rows fit in one statement (999 parameters before SQLite 3.32, 32,766 since)."""
-    if connection.vendor != "sqlite":
-        return None
+#: The fewest parameters a SQLite statement takes (before 3.32): a write under it is never split.
+SQLITE_SAFE_PARAMETERS = 999
+
+
+def _rows_per_statement(connection: BaseDatabaseWrapper, rows: int, columns: int) -> int | None:
+    """SQLite: how many rows fit in one statement (999 parameters before SQLite 3.32, 32,766 since); else None."""
+    if connection.vendor != "sqlite" or rows * columns <= SQLITE_SAFE_PARAMETERS:
+        return None  # asked of the connection only for a big batch, never for a single publish
     import sqlite3
 
     connection.ensure_connection()
@@ -239,10 +248,7 @@ def store_state(connection: BaseDatabaseWrapper, row: dict[str, Any], synchronou
         _store_state_portable(connection, row)
         return
     sql = _cached_sql(connection, "state", 1, _store_state_sql)
-    asynchronous = not synchronous and _can_commit_asynchronously(connection)
-    if asynchronous:  # two statements: bound on the client, never prepared
-        sql = ASYNCHRONOUS_COMMIT + sql
-    _execute(connection, sql, _params(connection, STATE_COLUMNS, [row]), prepare=not asynchronous)
+    _execute(connection, sql, _params(connection, STATE_COLUMNS, [row]), synchronous)
 
 
 #: MariaDB's session variable for the state write's guard (see _store_state_sql).
@@ -344,16 +350,13 @@ def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, A
     if vendor not in ("postgresql", "sqlite", "mysql"):
         _record_published_portable(connection, rows)
         return
-    per = _rows_per_statement(connection, len(PUBLISH_COLUMNS))
+    per = _rows_per_statement(connection, len(rows), len(PUBLISH_COLUMNS))
     if per is not None and len(rows) > per:
         for start in range(0, len(rows), per):
             record_published(connection, rows[start : start + per], synchronous)
         return
     sql = _cached_sql(connection, "publish", len(rows), _record_published_sql)
-    asynchronous = not synchronous and _can_commit_asynchronously(connection)
-    if asynchronous:
-        sql = ASYNCHRONOUS_COMMIT + sql
-    _execute(connection, sql, _params(connection, PUBLISH_COLUMNS, rows), prepare=not asynchronous)
+    _execute(connection, sql, _params(connection, PUBLISH_COLUMNS, rows), synchronous)
 
 
 #: PostgreSQL runs the statements of one simple query as one implicit transaction, which SET LOCAL applies to.
