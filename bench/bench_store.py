@@ -10,7 +10,9 @@ SUCCESS), as a worker with ``task_track_started`` does, through:
 * ``fulldbresult``: ``DatabaseResultBackend.store_result``;
 * ``django-celery-results``: its ``DatabaseBackend.store_result``, with
   ``result_extended=True``;
-* on PostgreSQL, ``fulldbresult`` again with psycopg's prepared statements
+* on PostgreSQL, ``fulldbresult`` (which calls migration 0003's PL/pgSQL
+  function there) again with the statement itself sent instead, as Django
+  sends statements (parsed and planned at each call); with psycopg's prepared statements
   turned on (``DATABASES[...]["OPTIONS"]["prepare_threshold"] = 5``; Django
   leaves them off), and with ``UNFINISHED_SYNCHRONOUS_COMMIT = False``
   (STARTED does not wait for the disk flush, SUCCESS does);
@@ -34,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DBS, alternate, parser, rate, report, setup, versions
+from bench.common import DBS, alternate, parser, rate, report, run_each, setup, versions
 
 RESULT = {"total": 42, "items": ["a", "b", "c"], "ok": True}
 
@@ -80,14 +82,20 @@ def backends() -> tuple[Any, Any, Any]:
 
 
 def through_backend(
-    app: Any, backend: Any, count: int, synchronous: bool = True, prepare: bool = False
+    app: Any, backend: Any, count: int, synchronous: bool = True, prepare: bool = False, function: bool = True
 ) -> Callable[[], float]:
-    """``synchronous=False``: ``UNFINISHED_SYNCHRONOUS_COMMIT = False``; ``prepare``: ``prepare_threshold = 5``."""
+    """``synchronous=False``: ``UNFINISHED_SYNCHRONOUS_COMMIT = False``; ``prepare``: ``prepare_threshold = 5``;
+    ``function=False``: the state statement itself, not migration 0003's function (PostgreSQL)."""
     from celery import states
     from django.conf import settings
     from django.db import connection
 
+    from django_celery_fulldbresult import upsert
+
+    usable = upsert._state_function_usable
+
     def run() -> float:
+        upsert._state_function_usable = usable if function else lambda connection: False  # type: ignore[assignment]
         settings.DJANGO_CELERY_FULLDBRESULT_UNFINISHED_SYNCHRONOUS_COMMIT = synchronous
         options = connection.settings_dict["OPTIONS"]
         if prepare != ("prepare_threshold" in options):
@@ -212,11 +220,7 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=None, help="tasks per round (two state changes each)")
     args = p.parse_args()
     if args.db == "all":
-        import subprocess
-
-        extra = ["--smoke"] if args.smoke else []
-        for db in DBS:
-            subprocess.run([sys.executable, __file__, "--db", db, *extra], check=True)
+        run_each(__file__, DBS, args.smoke)
         return
     tasks = args.tasks or (20 if args.smoke else 500)
     rounds = args.rounds or (1 if args.smoke else 7)
@@ -239,6 +243,8 @@ def main() -> None:
         "raw upsert (driver)": raw.runner(tasks),
     }
     if args.db == "postgres":
+        # The statement itself, not the function: what a process that finds no function sends.
+        contenders["fulldbresult, statement (no function)"] = through_backend(app, ours, tasks, function=False)
         # Django's option for psycopg's prepared statements (off by default, for PgBouncer).
         contenders["fulldbresult, prepare_threshold = 5"] = through_backend(app, ours, tasks, prepare=True)
         # STARTED committed without waiting for the disk flush; SUCCESS waits (and flushes both).

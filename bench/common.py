@@ -27,6 +27,14 @@ def parser(description: str, dbs: Sequence[str] = DBS, default_db: str = "postgr
     return p
 
 
+def run_each(script: str, dbs: Sequence[str], smoke: bool) -> None:
+    """``--db all``: the benchmark once per database, each in a process of its own (Django is set up once)."""
+    import subprocess
+
+    for db in dbs:
+        subprocess.run([sys.executable, script, "--db", db, *(["--smoke"] if smoke else [])], check=True)
+
+
 def create_database(db: str, name: str) -> None:
     """Create the benchmark's own database when it is missing."""
     if db == "postgres":

@@ -52,6 +52,8 @@ transaction of two statements instead.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -59,10 +61,12 @@ from celery import states
 from django.db import IntegrityError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Q
-from django.db.utils import InterfaceError, OperationalError
+from django.db.utils import InterfaceError, OperationalError, ProgrammingError
 
 if TYPE_CHECKING:
     from .models import TaskResultMeta
+
+logger = logging.getLogger(__name__)
 
 FINISHED = sorted(states.READY_STATES)
 #: Unfinished states that wait for an attempt; the others are a running attempt's.
@@ -177,11 +181,10 @@ _NAMES: tuple[str, ...] = ()
 def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any], synchronous: bool = True) -> None:
     """Run one of the writes; ``synchronous=False`` as :func:`record_published` says."""
     global _NAMES
-    prepare = True
+    prepare = _prepared(connection, synchronous)
     if not synchronous and _can_commit_asynchronously(connection):
-        sql = ASYNCHRONOUS_COMMIT + sql
-        prepare = False  # two statements: bound on the client, never prepared
-    with _prepared_cursor(connection) if prepare and _prepares(connection) else connection.cursor() as cursor:
+        sql = ASYNCHRONOUS_COMMIT + sql  # two statements: bound on the client, never prepared
+    with _prepared_cursor(connection) if prepare else connection.cursor() as cursor:
         if connection.vendor == "sqlite":  # by name (_named_placeholders)
             names = _NAMES
             if len(names) < len(params):
@@ -204,6 +207,11 @@ def _prepares(connection: BaseDatabaseWrapper) -> bool:
     return (
         connection.vendor == "postgresql" and connection.settings_dict["OPTIONS"].get("prepare_threshold") is not None
     )
+
+
+def _prepared(connection: BaseDatabaseWrapper, synchronous: bool) -> bool:
+    """Whether :func:`_execute` prepares the write (never with the asynchronous commit's two statements)."""
+    return _prepares(connection) and (synchronous or not _can_commit_asynchronously(connection))
 
 
 def _prepared_cursor(connection: BaseDatabaseWrapper) -> Any:
@@ -247,8 +255,147 @@ def store_state(connection: BaseDatabaseWrapper, row: dict[str, Any], synchronou
     if vendor not in ("postgresql", "sqlite", "mysql"):
         _store_state_portable(connection, row)
         return
-    sql = _cached_sql(connection, "state", 1, _store_state_sql)
-    _execute(connection, sql, _params(connection, STATE_COLUMNS, [row]), synchronous)
+    params = _params(connection, STATE_COLUMNS, [row])
+    if vendor == "postgresql" and not _prepared(connection, synchronous) and _state_function_usable(connection):
+        _call_state_function(connection, params, synchronous)
+        return
+    _execute(connection, _cached_sql(connection, "state", 1, _store_state_sql), params, synchronous)
+
+
+#: PostgreSQL: the state write as a PL/pgSQL function (created by migration 0003).
+#: Its number changes with its body: a new body is a new function, in a new migration.
+STATE_FUNCTION = "fulldbresult_store_state_1"
+#: How long a process writes the statement itself after finding the function missing, before it looks again.
+STATE_FUNCTION_RECHECK_SECONDS = 300.0
+#: (alias, database name) -> True once the function answered, or the time until which it is taken as missing.
+_STATE_FUNCTION: dict[tuple[str, str], Any] = {}
+#: PostgreSQL's SQLSTATEs for "function ... does not exist" and "permission denied".
+UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE = "42883", "42501"
+
+
+def _state_function_usable(connection: BaseDatabaseWrapper) -> bool:
+    """Whether the state write may call :data:`STATE_FUNCTION`.
+
+    Why a function: Django's connections bind parameters on the client and
+    never prepare, so PostgreSQL would parse and plan the 3 kB statement at
+    every state change (more than a third of its cost, ``bench/README.md``).
+    PL/pgSQL plans the statements of a function once per connection (after
+    five calls, as for a prepared statement), and the call is a short
+    statement. It needs neither psycopg's prepared statements
+    (``OPTIONS["prepare_threshold"]``, which use that path instead) nor
+    anything a connection pooler in transaction mode refuses.
+
+    The function comes with the app's migrations; a process may run before
+    they are applied (code deployed before ``migrate``). Until the function has
+    answered once, it is only tried outside a transaction, where a missing
+    function costs nothing but the statement written out instead
+    (:func:`_call_state_function`). Once found missing, it is looked up in
+    the catalog every :data:`STATE_FUNCTION_RECHECK_SECONDS`, never called
+    blindly again.
+    """
+    key = (connection.alias, connection.settings_dict["NAME"])
+    seen = _STATE_FUNCTION.get(key)
+    if seen is True:
+        return True
+    if _in_transaction(connection):
+        return False
+    if seen is None:
+        return True
+    if time.monotonic() < seen:
+        return False
+    if _state_function_exists(connection):
+        _STATE_FUNCTION[key] = True
+        return True
+    _STATE_FUNCTION[key] = time.monotonic() + STATE_FUNCTION_RECHECK_SECONDS
+    return False
+
+
+def _in_transaction(connection: BaseDatabaseWrapper) -> bool:
+    return connection.in_atomic_block or not connection.get_autocommit()
+
+
+def _call_state_function(connection: BaseDatabaseWrapper, params: list[Any], synchronous: bool) -> None:
+    key = (connection.alias, connection.settings_dict["NAME"])
+    try:
+        _execute(connection, _state_function_call(), params, synchronous)
+    except ProgrammingError as exc:
+        # Anything else, or a refusal inside the caller's transaction (which it aborted), is the caller's.
+        state = _sqlstate(exc)
+        if state not in (UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE) or _in_transaction(connection):
+            raise
+        if state == INSUFFICIENT_PRIVILEGE or not _state_function_exists(connection):
+            _STATE_FUNCTION[key] = time.monotonic() + STATE_FUNCTION_RECHECK_SECONDS
+            logger.warning(
+                "PostgreSQL function %s is %s: state changes are written with the statement itself, more slowly.",
+                STATE_FUNCTION,
+                "not allowed to this database user (GRANT EXECUTE ON FUNCTION it)"
+                if state == INSUFFICIENT_PRIVILEGE
+                else "missing (run `manage.py migrate django_celery_fulldbresult`)",
+            )
+        _execute(connection, _cached_sql(connection, "state", 1, _store_state_sql), params, synchronous)
+        return
+    if _STATE_FUNCTION.get(key) is not True:
+        _STATE_FUNCTION[key] = True
+
+
+def _state_function_call() -> str:
+    """``SELECT fulldbresult_store_state_1(%s::text, ...)``.
+
+    Each parameter cast to the function's type: PostgreSQL then finds the
+    function whatever type a value was written in with (an integer id for a
+    text column), and converts as the statement would, or refuses what does
+    not fit (an integer beyond bigint) with the statement's error.
+    """
+    global _STATE_FUNCTION_CALL
+    if _STATE_FUNCTION_CALL is None:
+        types = _state_function_types()
+        _STATE_FUNCTION_CALL = "SELECT %s(%s)" % (STATE_FUNCTION, ", ".join(f"%s::{t}" for t in types))
+    return _STATE_FUNCTION_CALL
+
+
+_STATE_FUNCTION_CALL: str | None = None
+
+
+def _state_function_exists(connection: BaseDatabaseWrapper) -> bool:
+    """Whether :data:`STATE_FUNCTION` is there, where the connection's ``search_path`` finds it."""
+    signature = "%s(%s)" % (STATE_FUNCTION, ", ".join(_state_function_types()))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regprocedure(%s) IS NOT NULL", [signature])
+        return bool(cursor.fetchone()[0])
+
+
+def _sqlstate(exc: Exception) -> str | None:
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)  # psycopg 3, psycopg2
+
+
+def state_function_sql(connection: BaseDatabaseWrapper) -> str:
+    """The ``CREATE FUNCTION`` of :data:`STATE_FUNCTION`: the state write's statement, its parameters numbered.
+
+    Migration 0003 holds a copy of this text (a test keeps the two equal).
+    """
+    parts = _store_state_sql(connection, 1).split("%s")
+    body = "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], start=1)) + parts[-1]
+    types = ", ".join(_state_function_types())
+    return (
+        f"CREATE OR REPLACE FUNCTION {STATE_FUNCTION}({types}) RETURNS void LANGUAGE plpgsql AS $$\n"
+        f"BEGIN\n{body};\nEND\n$$"
+    )
+
+
+def _state_function_types() -> list[str]:
+    return [_FUNCTION_TYPES[_field(name).get_internal_type()] for name in STATE_COLUMNS]
+
+
+#: Parameter types of the function, by field: wide enough for what the backend sends (a column's own type
+#: may be narrower: the INSERT converts, and refuses what does not fit, as the statement would).
+_FUNCTION_TYPES = {
+    "CharField": "text",
+    "TextField": "text",
+    "PositiveSmallIntegerField": "bigint",
+    "PositiveIntegerField": "bigint",
+    "DateTimeField": "timestamptz",
+}
 
 
 #: MariaDB's session variable for the state write's guard (see _store_state_sql).

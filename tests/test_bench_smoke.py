@@ -18,6 +18,7 @@ from .conftest import IN_CI, ROOT, require
 
 BENCHMARKS = [
     ("bench_store.py", "--db", "all"),
+    ("bench_statements.py", "--db", "all"),
     ("bench_publish.py",),
     ("bench_worker.py",),
     ("bench_scale.py",),

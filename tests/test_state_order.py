@@ -43,9 +43,27 @@ class Request:
         self.children: list[Any] = []
 
 
-@pytest.fixture(params=["sql", "prepared", "portable"])
+@pytest.fixture(params=["sql", "function", "prepared", "portable"])
 def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Each way of writing: the one-statement upsert, the same prepared (PostgreSQL), the other databases'."""
+    """Each way of writing.
+
+    The one-statement upsert; on PostgreSQL, the same in the PL/pgSQL function
+    (the default there) and prepared; the other databases' two statements.
+    """
+    if request.param == "sql":
+        # The statement itself, as a process that found no function writes it.
+        monkeypatch.setattr(upsert, "_state_function_usable", lambda connection: False)
+    if request.param == "function":
+        if connection.vendor != "postgresql":
+            pytest.skip("PostgreSQL's function")
+        # On Django's default connection (with prepared statements on, the statement itself is prepared).
+        monkeypatch.delitem(connection.settings_dict["OPTIONS"], "prepare_threshold", raising=False)
+        monkeypatch.setattr(upsert, "_STATE_FUNCTION", {})
+        connection.close()
+        yield request.param
+        assert upsert._STATE_FUNCTION == {(connection.alias, connection.settings_dict["NAME"]): True}, "it was used"
+        connection.close()
+        return
     if request.param == "portable":
         monkeypatch.setattr(
             result_backends,
