@@ -278,7 +278,7 @@ def _state_function_usable(connection: BaseDatabaseWrapper) -> bool:
 
     Why a function: Django's connections bind parameters on the client and
     never prepare, so PostgreSQL would parse and plan the 3 kB statement at
-    every state change (more than a third of its cost, ``bench/README.md``).
+    every state change (a quarter of a state change's time, ``bench/README.md``).
     PL/pgSQL plans the statements of a function once per connection (after
     five calls, as for a prepared statement), and the call is a short
     statement. It needs neither psycopg's prepared statements
