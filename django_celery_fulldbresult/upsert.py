@@ -55,6 +55,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery import states
@@ -114,13 +115,19 @@ def _params(connection: BaseDatabaseWrapper, columns: Sequence[str], rows: Itera
         plan = _PLANS[columns] = _plan(columns)
     params: list[Any] = []
     append = params.append
+    # On PostgreSQL Django's conversion of an aware datetime gives it back as it is.
+    aware_as_is = connection.vendor == "postgresql"
     for row in rows:
         for name, default, field in plan:
             value = row.get(name, default)
             # Text, integers and NULL go to every driver as they are; Django's
             # conversion (get_db_prep_save) is only needed for the others
             # (datetimes, and anything unusual), and costs more than the write.
-            if value is None or (field is None and type(value) in _PLAIN):
+            if (
+                value is None
+                or (field is None and type(value) in _PLAIN)
+                or (aware_as_is and type(value) is datetime and value.tzinfo is not None)
+            ):
                 append(value)
             else:
                 append((field or _field(name)).get_db_prep_save(value, connection))
@@ -184,14 +191,52 @@ def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any], synch
     prepare = _prepared(connection, synchronous)
     if not synchronous and _can_commit_asynchronously(connection):
         sql = ASYNCHRONOUS_COMMIT + sql  # two statements: bound on the client, never prepared
-    with _prepared_cursor(connection) if prepare else connection.cursor() as cursor:
-        if connection.vendor == "sqlite":  # by name (_named_placeholders)
-            names = _NAMES
-            if len(names) < len(params):
-                names = _NAMES = tuple(str(i) for i in range(len(params)))
-            cursor.execute(sql, dict(zip(names, params, strict=False)))
-        else:
-            cursor.execute(sql, params)
+    cursor = _write_cursor(connection, prepare)
+    if connection.vendor == "sqlite":  # by name (_named_placeholders)
+        names = _NAMES
+        if len(names) < len(params):
+            names = _NAMES = tuple(str(i) for i in range(len(params)))
+        cursor.execute(sql, dict(zip(names, params, strict=False)))
+    else:
+        cursor.execute(sql, params)
+
+
+#: The attribute of a Django connection that keeps its driver cursors for the writes here.
+_KEPT_CURSORS = "_fulldbresult_cursors"
+
+
+def _write_cursor(connection: BaseDatabaseWrapper, server_binding: bool = False) -> Any:
+    """A Django cursor for one write, on a driver cursor kept from write to write.
+
+    ``connection.cursor()`` makes a new driver cursor each time: with psycopg,
+    ~30 µs of CPU more per statement than a kept cursor (a ``SELECT 1``: 90
+    µs against 58 µs here). The driver cursor here is made once per driver
+    connection and wrapped for each write as Django wraps its own
+    (``CursorDebugWrapper`` under ``DEBUG`` or ``CaptureQueriesContext``), so
+    ``execute_wrapper()`` hooks and instrumentation of ``CursorWrapper`` see
+    every write. A new driver connection (Django closed the old one) gets a
+    new cursor. The driver reads a write's result (none, or the function's
+    one empty row) with the write: a kept cursor holds nothing on the server.
+
+    ``server_binding``: psycopg's cursor that binds on the server (Django's
+    own class for ``OPTIONS["server_side_binding"]``), see :func:`_prepares`.
+    """
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    driver = connection.connection
+    kept: dict[bool, tuple[Any, Any]] = connection.__dict__.setdefault(_KEPT_CURSORS, {})
+    mine = kept.get(server_binding)
+    if mine is None or mine[0] is not driver or getattr(mine[1], "closed", False):
+        with connection.wrap_database_errors:
+            if server_binding:
+                from django.db.backends.postgresql import base
+
+                cursor: Any = base.ServerBindingCursor(driver)  # type: ignore[call-arg]
+            else:
+                cursor = connection.create_cursor()
+        kept[server_binding] = mine = (driver, cursor)
+    connection.validate_thread_sharing()
+    return connection.make_debug_cursor(mine[1]) if connection.queries_logged else connection.make_cursor(mine[1])
 
 
 def _prepares(connection: BaseDatabaseWrapper) -> bool:
@@ -212,17 +257,6 @@ def _prepares(connection: BaseDatabaseWrapper) -> bool:
 def _prepared(connection: BaseDatabaseWrapper, synchronous: bool) -> bool:
     """Whether :func:`_execute` prepares the write (never with the asynchronous commit's two statements)."""
     return _prepares(connection) and (synchronous or not _can_commit_asynchronously(connection))
-
-
-def _prepared_cursor(connection: BaseDatabaseWrapper) -> Any:
-    """A Django cursor that binds on the server (Django's own class for ``server_side_binding``)."""
-    from django.db.backends.postgresql import base
-
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    with connection.wrap_database_errors:
-        cursor: Any = base.ServerBindingCursor(connection.connection)  # type: ignore[call-arg]
-    return connection.make_debug_cursor(cursor) if connection.queries_logged else connection.make_cursor(cursor)
 
 
 #: The fewest parameters a SQLite statement takes (before 3.32): a write under it is never split.

@@ -12,6 +12,7 @@ from celery import chord, group, states
 from django.db import connection
 
 from django_celery_fulldbresult.models import TaskResultMeta
+from django_celery_fulldbresult.upsert import STATE_FUNCTION
 from testcelery import tasks
 from testcelery.celery import app
 
@@ -131,6 +132,39 @@ def test_store_is_one_statement() -> None:
     with CaptureQueriesContext(connection) as queries:
         backend.store_result("one-trip", 42, states.SUCCESS)
     assert len(queries) == 1, [q["sql"] for q in queries]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_writes_go_through_djangos_cursor_and_its_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instrumentation sees every write (execute_wrapper hooks); one driver cursor serves a connection's writes."""
+    app.backend.store_result("hooked", None, states.PENDING)  # the connection is open
+    driver = connection.connection
+    made = []
+    create_cursor = connection.create_cursor
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        made.append(connection.connection)
+        return create_cursor(*args, **kwargs)
+
+    monkeypatch.setattr(connection, "create_cursor", counted)
+    seen = []
+
+    def hook(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if TaskResultMeta._meta.db_table in sql or STATE_FUNCTION in sql:  # not a new connection's set-up
+            seen.append(context["connection"].alias)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(hook):
+        app.backend.store_result("hooked", None, states.STARTED)
+        app.backend.store_result("hooked", {"step": 1}, "PROGRESS")
+        assert made == [], "the connection's driver cursor serves every write"
+        connection.close()  # what Celery's Django fix-up does to an old connection between tasks
+        app.backend.store_result("hooked", 3, states.SUCCESS)
+    assert seen == ["default"] * 3
+    # A new driver connection gets a cursor of its own (SQLite's in-memory test database is never closed).
+    assert made[-1:] == ([] if connection.connection is driver else [connection.connection])
+    record = TaskResultMeta.objects.get(task_id="hooked")
+    assert (record.status, record.result) == (states.SUCCESS, 3)
 
 
 @pytest.mark.django_db(transaction=True)
