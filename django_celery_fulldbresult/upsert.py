@@ -63,6 +63,7 @@ from django.db import IntegrityError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Q
 from django.db.utils import InterfaceError, OperationalError, ProgrammingError
+from django.utils.asyncio import async_unsafe
 
 if TYPE_CHECKING:
     from .models import TaskResultMeta
@@ -126,7 +127,7 @@ def _params(connection: BaseDatabaseWrapper, columns: Sequence[str], rows: Itera
             if (
                 value is None
                 or (field is None and type(value) in _PLAIN)
-                or (aware_as_is and type(value) is datetime and value.tzinfo is not None)
+                or (aware_as_is and type(value) is datetime and value.utcoffset() is not None)
             ):
                 append(value)
             else:
@@ -191,22 +192,27 @@ def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any], synch
     prepare = _prepared(connection, synchronous)
     if not synchronous and _can_commit_asynchronously(connection):
         sql = ASYNCHRONOUS_COMMIT + sql  # two statements: bound on the client, never prepared
-    cursor = _write_cursor(connection, prepare)
-    if connection.vendor == "sqlite":  # by name (_named_placeholders)
-        names = _NAMES
-        if len(names) < len(params):
-            names = _NAMES = tuple(str(i) for i in range(len(params)))
-        cursor.execute(sql, dict(zip(names, params, strict=False)))
-    else:
-        cursor.execute(sql, params)
+    cursor, kept = _write_cursor(connection, prepare)
+    try:
+        if connection.vendor == "sqlite":  # by name (_named_placeholders)
+            names = _NAMES
+            if len(names) < len(params):
+                names = _NAMES = tuple(str(i) for i in range(len(params)))
+            cursor.execute(sql, dict(zip(names, params, strict=False)))
+        else:
+            cursor.execute(sql, params)
+    finally:
+        if not kept:
+            cursor.close()
 
 
 #: The attribute of a Django connection that keeps its driver cursors for the writes here.
 _KEPT_CURSORS = "_fulldbresult_cursors"
 
 
-def _write_cursor(connection: BaseDatabaseWrapper, server_binding: bool = False) -> Any:
-    """A Django cursor for one write, on a driver cursor kept from write to write.
+@async_unsafe
+def _write_cursor(connection: BaseDatabaseWrapper, server_binding: bool = False) -> tuple[Any, bool]:
+    """A Django cursor for one write, on a driver cursor kept from write to write; and whether it is kept.
 
     ``connection.cursor()`` makes a new driver cursor each time: with psycopg,
     ~30 µs of CPU more per statement than a kept cursor (a ``SELECT 1``: 90
@@ -218,14 +224,24 @@ def _write_cursor(connection: BaseDatabaseWrapper, server_binding: bool = False)
     new cursor. The driver reads a write's result (none, or the function's
     one empty row) with the write: a kept cursor holds nothing on the server.
 
+    A cursor of its own for each write, which the caller closes, as Django
+    makes them: where ``cursor()`` is replaced on the connection itself
+    (Django's test cases refusing a database their ``databases`` leave out,
+    django-debug-toolbar), and for a connection shared between threads
+    (``LiveServerTestCase``'s SQLite), where two writes at once must not
+    share a driver cursor.
+
     ``server_binding``: psycopg's cursor that binds on the server (Django's
     own class for ``OPTIONS["server_side_binding"]``), see :func:`_prepares`.
     """
+    if "cursor" in connection.__dict__:
+        return connection.cursor(), False
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     driver = connection.connection
+    keep = not connection.allow_thread_sharing
     kept: dict[bool, tuple[Any, Any]] = connection.__dict__.setdefault(_KEPT_CURSORS, {})
-    mine = kept.get(server_binding)
+    mine = kept.get(server_binding) if keep else None
     if mine is None or mine[0] is not driver or getattr(mine[1], "closed", False):
         with connection.wrap_database_errors:
             if server_binding:
@@ -234,9 +250,12 @@ def _write_cursor(connection: BaseDatabaseWrapper, server_binding: bool = False)
                 cursor: Any = base.ServerBindingCursor(driver)  # type: ignore[call-arg]
             else:
                 cursor = connection.create_cursor()
-        kept[server_binding] = mine = (driver, cursor)
+        mine = (driver, cursor)
+        if keep:
+            kept[server_binding] = mine
     connection.validate_thread_sharing()
-    return connection.make_debug_cursor(mine[1]) if connection.queries_logged else connection.make_cursor(mine[1])
+    wrapped = connection.make_debug_cursor(mine[1]) if connection.queries_logged else connection.make_cursor(mine[1])
+    return wrapped, keep
 
 
 def _prepares(connection: BaseDatabaseWrapper) -> bool:

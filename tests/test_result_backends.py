@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from celery import chord, group, states
 from django.db import connection
+from django.test import SimpleTestCase
 
 from django_celery_fulldbresult.models import TaskResultMeta
 from django_celery_fulldbresult.upsert import STATE_FUNCTION
@@ -278,3 +279,53 @@ def test_the_writes_are_prepared_when_the_project_turns_prepared_statements_on(
         ]  # fmt: skip
     finally:
         connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_is_refused_where_djangos_test_case_refuses_the_database() -> None:
+    """A ``SimpleTestCase`` refuses queries to the databases it leaves out: the writes too, on an open connection."""
+
+    class NoDatabase(SimpleTestCase):
+        databases: set[str] = set()
+
+    app.backend.store_result("refused", None, states.PENDING)  # the connection is open, its cursor kept
+    NoDatabase._add_databases_failures()  # what SimpleTestCase.setUpClass does
+    try:
+        with pytest.raises(AssertionError, match="Database queries to 'default' are not allowed"):
+            app.backend.store_result("refused", 1, states.SUCCESS)
+    finally:
+        NoDatabase._remove_databases_failures()
+    assert TaskResultMeta.objects.get(task_id="refused").status == states.PENDING
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif("connection.vendor == 'mysql'", reason="mysqlclient refuses two threads on a connection")
+def test_writes_from_two_threads_on_a_shared_connection_all_land() -> None:
+    """``LiveServerTestCase`` shares a connection with its server thread: writes from both at once all land."""
+    import threading
+
+    from django.db import connections
+
+    shared = connections["default"]
+    shared.ensure_connection()
+    shared.inc_thread_sharing()
+    errors: list[BaseException] = []
+
+    def write(prefix: str) -> None:
+        connections["default"] = shared  # as LiveServerThread does
+        try:
+            for n in range(100):
+                app.backend.store_result(f"{prefix}-{n}", n, states.SUCCESS)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=write, args=(prefix,)) for prefix in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        shared.dec_thread_sharing()
+    assert errors == []
+    assert TaskResultMeta.objects.filter(status=states.SUCCESS, task_id__regex=r"^[ab]-").count() == 200
