@@ -234,7 +234,9 @@ def _write_cursor(connection: BaseDatabaseWrapper, server_binding: bool = False)
     ``server_binding``: psycopg's cursor that binds on the server (Django's
     own class for ``OPTIONS["server_side_binding"]``), see :func:`_prepares`.
     """
-    if "cursor" in connection.__dict__:
+    replaced = connection.__dict__.get("cursor")
+    if replaced is not None and getattr(replaced, "__func__", None) is not type(connection).cursor:
+        # (Django's test cases put the original back as a bound method, which is not a replacement.)
         return connection.cursor(), False
     connection.close_if_health_check_failed()
     connection.ensure_connection()

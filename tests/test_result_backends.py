@@ -138,6 +138,9 @@ def test_store_is_one_statement() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_the_writes_go_through_djangos_cursor_and_its_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Instrumentation sees every write (execute_wrapper hooks); one driver cursor serves a connection's writes."""
+    # Django's default cursors (the prepared path makes psycopg's server-binding ones itself).
+    monkeypatch.delitem(connection.settings_dict["OPTIONS"], "prepare_threshold", raising=False)
+    connection.close()
     app.backend.store_result("hooked", None, states.PENDING)  # the connection is open
     driver = connection.connection
     made = []
@@ -164,6 +167,15 @@ def test_the_writes_go_through_djangos_cursor_and_its_hooks(monkeypatch: pytest.
     assert seen == ["default"] * 3
     # A new driver connection gets a cursor of its own (SQLite's in-memory test database is never closed).
     assert made[-1:] == ([] if connection.connection is driver else [connection.connection])
+    # A connection shared between threads (LiveServerTestCase) never shares a driver cursor: one per write.
+    made.clear()
+    connection.inc_thread_sharing()
+    try:
+        app.backend.store_result("shared-1", 1, states.SUCCESS)
+        app.backend.store_result("shared-2", 2, states.SUCCESS)
+    finally:
+        connection.dec_thread_sharing()
+    assert len(made) == 2
     record = TaskResultMeta.objects.get(task_id="hooked")
     assert (record.status, record.result) == (states.SUCCESS, 3)
 
@@ -296,36 +308,3 @@ def test_a_write_is_refused_where_djangos_test_case_refuses_the_database() -> No
     finally:
         NoDatabase._remove_databases_failures()
     assert TaskResultMeta.objects.get(task_id="refused").status == states.PENDING
-
-
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif("connection.vendor == 'mysql'", reason="mysqlclient refuses two threads on a connection")
-def test_writes_from_two_threads_on_a_shared_connection_all_land() -> None:
-    """``LiveServerTestCase`` shares a connection with its server thread: writes from both at once all land."""
-    import threading
-
-    from django.db import connections
-
-    shared = connections["default"]
-    shared.ensure_connection()
-    shared.inc_thread_sharing()
-    errors: list[BaseException] = []
-
-    def write(prefix: str) -> None:
-        connections["default"] = shared  # as LiveServerThread does
-        try:
-            for n in range(100):
-                app.backend.store_result(f"{prefix}-{n}", n, states.SUCCESS)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    try:
-        threads = [threading.Thread(target=write, args=(prefix,)) for prefix in ("a", "b")]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        shared.dec_thread_sharing()
-    assert errors == []
-    assert TaskResultMeta.objects.filter(status=states.SUCCESS, task_id__regex=r"^[ab]-").count() == 200
