@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.utils.functional import empty
 from django.utils.translation import gettext_lazy as _
 
 PREFIX = "DJANGO_CELERY_FULLDBRESULT_"
@@ -24,7 +25,14 @@ class Settings:
     """One property per setting; the README's settings table lists the same."""
 
     def _get(self, name: str, default: Any) -> Any:
-        return getattr(django_settings, PREFIX + name, default)
+        # Asked of the settings object Django's LazySettings wraps (override_settings
+        # swaps it, a setting assigned at run time is set on it): for a setting the
+        # project leaves out, LazySettings raises and catches two AttributeErrors,
+        # ~1.5 µs, and a state change reads two or three of these settings.
+        wrapped = django_settings._wrapped  # type: ignore[misc]  # (the stubs leave it out)
+        if wrapped is empty:  # not set up yet: LazySettings does it
+            return getattr(django_settings, PREFIX + name, default)
+        return getattr(wrapped, PREFIX + name, default)
 
     @property
     def TRACK_PUBLISH(self) -> bool:

@@ -61,10 +61,11 @@ def clean_text(value: Any) -> str | None:
     text = value if isinstance(value, str) else safe_str(value)
     if "\x00" in text:
         text = text.replace("\x00", "\\x00")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if not text.isascii():  # (ASCII text, the usual, always encodes: no encoding to try)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
 
 
@@ -83,6 +84,12 @@ def _placeholder(value: Any) -> dict[str, str]:
     return {UNSERIALIZABLE_KEY: clean_text(safe_str(value)) or ""}
 
 
+#: ``kombu.utils.json.dumps(value)`` is ``JSONEncoder().encode(value)`` with kombu's
+#: encoder class and the standard options; made once here, not at each call (an
+#: encoder holds only its options, and is safe to share between threads).
+_KOMBU_JSON = kombu_json.JSONEncoder()
+
+
 def encode_arguments(args: Any, kwargs: Any) -> EncodedArguments:
     """Encode a task's positional and keyword arguments as JSON text."""
     args = list(args) if isinstance(args, Sequence) and not isinstance(args, str) else []
@@ -95,8 +102,8 @@ def encode_arguments(args: Any, kwargs: Any) -> EncodedArguments:
             kwargs.update(dict.fromkeys(hidden, REDACTED))
             reasons.append(str(_("keyword arguments redacted: %s")) % ", ".join(hidden))
     try:
-        encoded_args = kombu_json.dumps(args)
-        encoded_kwargs = kombu_json.dumps(kwargs)
+        encoded_args = _KOMBU_JSON.encode(args)
+        encoded_kwargs = _KOMBU_JSON.encode(kwargs)
     except (TypeError, ValueError) as exc:
         # Keep what can be shown; the record must exist even if the task
         # cannot be sent again from it.

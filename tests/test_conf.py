@@ -41,6 +41,37 @@ def test_override_settings_reaches_each_setting(name: str) -> None:
     assert getattr(app_settings, name) != expected
 
 
+def test_a_setting_assigned_or_deleted_at_run_time_reaches_the_app() -> None:
+    from django.conf import settings
+
+    with override_settings():
+        settings.DJANGO_CELERY_FULLDBRESULT_STALE_AFTER = 30
+        assert app_settings.STALE_AFTER == timedelta(seconds=30)
+        settings.DJANGO_CELERY_FULLDBRESULT_STALE_AFTER = 60
+        assert app_settings.STALE_AFTER == timedelta(seconds=60)
+        del settings.DJANGO_CELERY_FULLDBRESULT_STALE_AFTER
+        assert app_settings.STALE_AFTER == timedelta(hours=1)
+
+
+def test_settings_are_read_before_anything_set_django_up(tmp_path: Path) -> None:
+    """Read first by the app (nothing had touched Django's settings), a setting is the project's."""
+    (tmp_path / "first_settings.py").write_text(
+        "from testcelery.settings import *\nDJANGO_CELERY_FULLDBRESULT_STALE_AFTER = 90\n"
+    )
+    script = (
+        f"import os, sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+        "os.environ['DJANGO_SETTINGS_MODULE'] = 'first_settings'\n"
+        "from django_celery_fulldbresult.conf import app_settings\n"
+        "print(app_settings.STALE_AFTER.total_seconds())"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FULLDBRESULT_VAR=str(tmp_path / "var"))
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    output = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert output.split() == ["90.0"]
+
+
 def test_every_setting_has_a_test() -> None:
     names = {name for name in dir(type(app_settings)) if name.isupper()}
     assert names == set(VALUES)

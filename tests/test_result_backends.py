@@ -218,6 +218,52 @@ def test_the_arguments_are_sent_with_the_first_state_of_an_attempt_only(monkeypa
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_write_assigns_what_it_has_and_the_record_keeps_the_rest() -> None:
+    """A column a write has no value for is left out of its SET list (SQLite rewrites the index entry of
+    every assigned column, whatever the value); the record keeps what was stored."""
+    from celery.app.task import Context
+    from django.test.utils import CaptureQueriesContext
+
+    published = Context(
+        id="kept", task="testcelery.tasks.echo", args=[1], kwargs={"a": 2}, group="g-1", parent_id="p-1",
+        root_id="r-1", periodic_task_name="nightly", eta="2030-01-02T03:04:05+00:00", hostname="w1@host",
+        delivery_info={"routing_key": "celery", "priority": 3}, retries=0, children=[],
+    )  # fmt: skip
+    app.backend.store_result("kept", None, states.STARTED, request=published)
+    with CaptureQueriesContext(connection) as queries:
+        app.backend.store_result("kept", 7, states.SUCCESS)  # no request: none of it is known
+    record = TaskResultMeta.objects.get(task_id="kept")
+    assert (record.status, record.result, record.task, json.loads(record.args), json.loads(record.kwargs)) == (
+        states.SUCCESS, 7, "testcelery.tasks.echo", [1], {"a": 2},
+    )  # fmt: skip
+    lineage = (record.group_id, record.parent_id, record.root_id, record.periodic_task_name)
+    assert lineage == ("g-1", "p-1", "r-1", "nightly")
+    assert (record.hostname, record.queue, record.priority) == ("w1@host", "celery", 3)
+    assert record.eta == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert record.date_started is not None and record.not_retryable_reason == ""
+    (sql,) = [q["sql"] for q in queries.captured_queries]
+    if STATE_FUNCTION not in sql:  # the statement itself (PostgreSQL's function has the whole one)
+        assignments = sql.split(" UPDATE ", 1)[1]
+        assert f"{connection.ops.quote_name('group_id')} =" not in assignments
+        assert f"{connection.ops.quote_name('status')} =" in assignments
+
+    # Another task's write that has a group assigns it (each set of columns has its own text).
+    app.backend.store_result("grouped", None, states.STARTED, request=Context(id="grouped", retries=0, children=[]))
+    app.backend.store_result("grouped", 1, states.SUCCESS, request=Context(id="grouped", group="g-2", children=[]))
+    assert TaskResultMeta.objects.get(task_id="grouped").group_id == "g-2"
+
+
+def test_only_the_columns_a_write_keeps_when_it_has_no_value_are_left_out() -> None:
+    from django_celery_fulldbresult import upsert
+
+    left_out = {upsert.STATE_COLUMNS[i] for i in upsert._KEPT_WHEN_NONE}
+    for name in upsert.STATE_COLUMNS[1:]:  # (not task_id, the key)
+        kept = upsert._state_value("sqlite", name, "NEW", "OLD", "NEW_ARGS") == "COALESCE(NEW, OLD)"
+        assert (name in left_out) == kept, name
+    assert not left_out & (upsert.REPLACED | {"task_id", "retries", "not_retryable_reason"})
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_arguments_are_written_again_after_a_rolled_back_write() -> None:
     """A task's own atomic block: its first write rolls back with it, the next one brings the arguments."""
     from celery.app.task import Context
