@@ -336,12 +336,17 @@ def _state_sql(connection: BaseDatabaseWrapper, params: list[Any]) -> str:
     index on an assigned column, whatever its value: ``group_id = COALESCE(NULL,
     group_id)`` rewrote the group index's page, journaled and synced, at each
     state change of every task outside a group. On MySQL and MariaDB, fewer
-    assignments to parse and evaluate. (PostgreSQL's function keeps the whole
-    statement: there each state change writes a new version of the row, with an
-    entry in every index, whatever the ``SET`` list says, as ``date_done``, an
-    indexed column, changes.) A few texts result (which columns a task's writes
-    lack), each made once.
+    assignments to parse and evaluate. A few texts result (which columns a
+    task's writes lack), each made once. (A trigger ``UPDATE OF`` such a column
+    no longer fires for a write that leaves it as it was.)
+
+    PostgreSQL keeps the whole statement, as its function does: there each state
+    change writes a new version of the row, with an entry in every index,
+    whatever the ``SET`` list says (``date_done``, an indexed column, changes),
+    and each other text would be one more statement to prepare.
     """
+    if connection.vendor == "postgresql":
+        return _cached_sql(connection, "state", 1, _store_state_sql)
     left_out = 0
     for i in _KEPT_WHEN_NONE:
         if params[i] is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -10,10 +11,10 @@ from typing import Any
 import pytest
 from celery import chord, group, states
 from django.db import connection
-from django.test import SimpleTestCase
+from django.test import SimpleTestCase, override_settings
 
 from django_celery_fulldbresult.models import TaskResultMeta
-from django_celery_fulldbresult.upsert import STATE_FUNCTION
+from django_celery_fulldbresult.upsert import GUARD_VARIABLE, STATE_FUNCTION
 from testcelery import tasks
 from testcelery.celery import app
 
@@ -229,23 +230,30 @@ def test_a_write_assigns_what_it_has_and_the_record_keeps_the_rest() -> None:
         root_id="r-1", periodic_task_name="nightly", eta="2030-01-02T03:04:05+00:00", hostname="w1@host",
         delivery_info={"routing_key": "celery", "priority": 3}, retries=0, children=[],
     )  # fmt: skip
-    app.backend.store_result("kept", None, states.STARTED, request=published)
+    with override_settings(DJANGO_CELERY_FULLDBRESULT_REDACT_KWARGS=["a"]):
+        app.backend.store_result("kept", None, states.STARTED, request=published)
     with CaptureQueriesContext(connection) as queries:
         app.backend.store_result("kept", 7, states.SUCCESS)  # no request: none of it is known
     record = TaskResultMeta.objects.get(task_id="kept")
     assert (record.status, record.result, record.task, json.loads(record.args), json.loads(record.kwargs)) == (
-        states.SUCCESS, 7, "testcelery.tasks.echo", [1], {"a": 2},
+        states.SUCCESS, 7, "testcelery.tasks.echo", [1], {"a": "[redacted]"},
     )  # fmt: skip
     lineage = (record.group_id, record.parent_id, record.root_id, record.periodic_task_name)
     assert lineage == ("g-1", "p-1", "r-1", "nightly")
     assert (record.hostname, record.queue, record.priority) == ("w1@host", "celery", 3)
     assert record.eta == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert record.date_started is not None and record.not_retryable_reason == ""
+    assert record.date_started is not None
+    assert record.not_retryable_reason == "keyword arguments redacted: a"  # it describes the kept arguments
     (sql,) = [q["sql"] for q in queries.captured_queries]
-    if STATE_FUNCTION not in sql:  # the statement itself (PostgreSQL's function has the whole one)
-        assignments = sql.split(" UPDATE ", 1)[1]
-        assert f"{connection.ops.quote_name('group_id')} =" not in assignments
-        assert f"{connection.ops.quote_name('status')} =" in assignments
+    if connection.vendor != "postgresql":  # (PostgreSQL's function and statement are whole)
+        update = sql.split(" UPDATE ", 1)[1].split(" WHERE ")[0].removeprefix("SET ")
+        assigned = [name.strip('"`') for name in re.findall(r'(?:^|, )([`"]\w+[`"]) = ', update)]
+        assert "status" in assigned and "traceback" in assigned, assigned
+        assert not {"group_id", "args", "not_retryable_reason", "date_started"} & set(assigned), assigned
+        if connection.display_name == "MariaDB":
+            # The guard's answer is kept by the first assignment, whichever it is now; the guard's own columns last.
+            assert re.match(rf"`\w+` = IF\({GUARD_VARIABLE} := ", update) and update.count(f"{GUARD_VARIABLE} :=") == 1
+            assert assigned[-2:] == ["status", "retries"]
 
     # Another task's write that has a group assigns it (each set of columns has its own text).
     app.backend.store_result("grouped", None, states.STARTED, request=Context(id="grouped", retries=0, children=[]))
