@@ -599,7 +599,7 @@ def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, A
             record_published(connection, rows[start : start + per], synchronous)
         return
     params = _params(connection, PUBLISH_COLUMNS, rows)
-    if vendor == "postgresql" and len(params) > PSYCOPG_CACHED_PARAMETERS:
+    if vendor == "postgresql" and _as_json(connection, params, len(rows)):
         sql = _cached_sql(connection, "publish-json", 1, _record_published_json_sql)
         _execute(connection, sql, [_rows_as_json(params)], synchronous)
         return
@@ -607,21 +607,36 @@ def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, A
     _execute(connection, sql, params, synchronous)
 
 
-#: The most parameters a statement may have for psycopg to keep its parsed
-#: form from call to call (its ``MAX_CACHED_STATEMENT_PARAMS``, 50 in psycopg 3.1 to 3.3).
+#: The most parameters a statement may have for psycopg 3 to keep its parsed form
+#: from call to call (its ``MAX_CACHED_STATEMENT_PARAMS``, 50 in psycopg 3.1 to 3.3;
+#: the text must also be 4 kB at most, as the JSON write's is).
 PSYCOPG_CACHED_PARAMETERS = 50
+#: Text per row (on average) up to which a publish write goes as JSON: past ~10 kB a
+#: row (big arguments), escaping them in JSON and PostgreSQL's parsing of it cost
+#: more than psycopg's parsing of the placeholders saves (``bench/README.md``).
+JSON_TEXT_PER_ROW = 8_000
+
+
+def _as_json(connection: BaseDatabaseWrapper, params: list[Any], rows: int) -> bool:
+    """Whether this PostgreSQL publish write sends its rows as one JSON parameter (see :func:`_rows_as_json`)."""
+    if len(params) <= PSYCOPG_CACHED_PARAMETERS or connection.Database.__name__ != "psycopg":  # type: ignore[attr-defined]
+        return False  # (psycopg2 puts the parameters in with C code, nothing to save)
+    return sum(len(value) for value in params if type(value) is str) <= JSON_TEXT_PER_ROW * rows
 
 
 def _rows_as_json(params: list[Any]) -> str:
     """The rows of a publish write (its parameters, row after row) as one JSON array of arrays.
 
-    Why, on PostgreSQL, from three rows on (:func:`_record_published_json_sql`):
-    psycopg parses the placeholders of a statement with more than 50
-    parameters again at every call, a regular expression over the whole text:
-    ~150 µs of CPU for six rows, 5 ms for a group of 100, most of the write's
-    CPU in the publishing process (``bench/README.md``). One JSON parameter
-    keeps the statement's text the same for any number of rows, so psycopg
-    parses it once, and the JSON is made by the standard library's C encoder.
+    Why, on PostgreSQL with psycopg 3, from three rows on (more than 50
+    parameters): psycopg parses the placeholders of such a statement again at
+    every call, a regular expression over the whole text, most of the write's
+    CPU in the publishing process: 310 µs of CPU for six rows, 4.4 ms for a
+    group of 100 (``bench/README.md``). One JSON parameter keeps the statement's
+    text the same for any number of rows, so psycopg parses it once, and the
+    JSON is made by the standard library's C encoder (six rows: 90 µs; a
+    hundred: 0.65 ms). PostgreSQL reads it as ``jsonb``, parsed once (``json``
+    would be parsed again for each of a row's 22 columns), and its work is less
+    than for the same rows as VALUES, up to :data:`JSON_TEXT_PER_ROW`.
     """
     width = len(PUBLISH_COLUMNS)
     return _JSON_ROWS.encode([params[start : start + width] for start in range(0, len(params), width)])
@@ -665,7 +680,7 @@ def _record_published_sql(connection: BaseDatabaseWrapper, count: int, from_json
     if from_json:
         types = [_FUNCTION_TYPES[_field(name).get_internal_type()] for name in PUBLISH_COLUMNS]
         casts = ", ".join(f"(published->>{i})::{type_}" for i, type_ in enumerate(types))
-        rows = f"SELECT {casts} FROM json_array_elements(%s::json) AS published"
+        rows = f"SELECT {casts} FROM jsonb_array_elements(%s::jsonb) AS published"
     else:
         rows = "VALUES " + ", ".join(["(%s)" % ", ".join(["%s"] * len(PUBLISH_COLUMNS))] * count)
     insert = f"INSERT INTO {table} ({', '.join(q.values())}) {rows}"

@@ -11,7 +11,6 @@ import pytest
 from celery import chord, group, states
 from django.db import connection
 from django.test import override_settings
-from django.test.utils import CaptureQueriesContext
 
 from django_celery_fulldbresult import publish
 from django_celery_fulldbresult.models import TaskResultMeta
@@ -33,14 +32,29 @@ def parked() -> Iterator[str]:
         conn.default_channel.queue_purge(PARKED)
 
 
-def inserts(queries: CaptureQueriesContext) -> list[str]:
-    # With psycopg's prepared statements on (the writes bind on the server), Django logs a statement
-    # psycopg has parsed before without its text (None): only the writes here bind on the server.
-    return [q["sql"] or "INSERT" for q in queries.captured_queries if (q["sql"] or "INSERT").startswith("INSERT")]
+@contextlib.contextmanager
+def statements() -> Iterator[list[str]]:
+    """The text of each statement the default connection runs, as Django hands it to the driver.
+
+    (Not Django's query log: with psycopg's prepared statements on, it logs a
+    prepared statement without its text.)
+    """
+    seen: list[str] = []
+
+    def hook(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(hook):
+        yield seen
+
+
+def inserts(seen: list[str]) -> list[str]:
+    return [sql for sql in seen if sql.startswith("INSERT")]
 
 
 def test_a_plain_group_of_100_is_recorded_in_one_write(parked: str) -> None:
-    with CaptureQueriesContext(connection) as queries:
+    with statements() as queries:
         result = group(tasks.add.s(i, i) for i in range(100)).apply_async(queue=parked)
     assert len(inserts(queries)) == 1, "one bulk write for the whole group, without a block"
     members = TaskResultMeta.objects.filter(group_id=result.id)
@@ -49,7 +63,7 @@ def test_a_plain_group_of_100_is_recorded_in_one_write(parked: str) -> None:
 
 
 def test_a_chord_header_is_recorded_in_one_write(parked: str) -> None:
-    with CaptureQueriesContext(connection) as queries:
+    with statements() as queries:
         result = chord([tasks.add.si(i, 0) for i in range(20)], tasks.tsum.s()).apply_async(queue=parked)
     header = TaskResultMeta.objects.filter(group_id=result.parent.id)
     assert header.filter(status=states.PENDING, date_submitted__isnull=False).count() == 20
@@ -59,14 +73,14 @@ def test_a_chord_header_is_recorded_in_one_write(parked: str) -> None:
 
 @override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=False)
 def test_a_group_does_nothing_when_the_setting_is_off(parked: str) -> None:
-    with CaptureQueriesContext(connection) as queries:
+    with statements() as queries:
         result = group(tasks.add.s(i, i) for i in range(10)).apply_async(queue=parked)
     assert len(queries) == 0
     assert not TaskResultMeta.objects.filter(group_id=result.id).exists()
 
 
 def test_a_group_of_100_is_recorded_in_one_write(parked: str) -> None:
-    with CaptureQueriesContext(connection) as queries, publish.batch():
+    with statements() as queries, publish.batch():
         result = group(tasks.add.s(i, i) for i in range(100)).apply_async(queue=parked)
     assert len(inserts(queries)) == 1, "one bulk write for the whole group"
     members = TaskResultMeta.objects.filter(group_id=result.id)
@@ -106,7 +120,7 @@ def test_the_records_are_written_when_the_block_exits_by_an_exception(parked: st
 
 def test_a_long_block_writes_every_batch_size_messages(parked: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(publish, "BATCH_SIZE", 3)
-    with CaptureQueriesContext(connection) as queries, publish.batch():
+    with statements() as queries, publish.batch():
         ids = [tasks.add.apply_async((i, i), queue=parked).id for i in range(7)]
         # Written as each batch filled, before the block's end.
         assert TaskResultMeta.objects.filter(task_id__in=ids).count() == 6
@@ -158,15 +172,19 @@ def test_a_batch_past_sqlites_parameter_limit_is_split(parked: str) -> None:
     assert TaskResultMeta.objects.filter(task_id__in=[r.id for r in sent]).count() == 200
 
 
-@override_settings(DJANGO_CELERY_FULLDBRESULT_REDACT_KWARGS=["secret"])
-def test_records_written_together_are_those_written_one_by_one(parked: str) -> None:
+@pytest.mark.parametrize("use_tz", [True, False])
+def test_records_written_together_are_those_written_one_by_one(parked: str, use_tz: bool) -> None:
     """The same messages, recorded one write each and in one write of many (on PostgreSQL, from
-    three rows on, the rows go as one JSON parameter): the same records, field for field."""
+    three rows on, the rows go as one JSON parameter): the same records, field for field, with
+    time zones on and off (naive datetimes are read in the connection's time zone)."""
     from datetime import UTC, datetime, timedelta, timezone
+
+    from django.utils.timezone import make_naive
 
     eta = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
     calls: list[tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]] = [
-        (("naïve ✓ 'single' \"double\" back\\slash \\u0041 \n tab\t", {"n": [1, 2.5, None, True]}), {}, {}),
+        (("naïve ✓ 'single' \"double\" back\\slash \\u0041 \n tab\t", {"n": [1, 2.5, None, True]}), {},
+         {"group_id": "g-1", "headers": {"periodic_task_name": "nächtlich ✓ 'x' \\ \""}}),
         ((), {"when": datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC), "secret": "s3"},
          {"eta": eta, "expires": eta + timedelta(days=1), "priority": 7, "retries": 2}),
         (([1] * 50,), {"big": "x" * 5000}, {"parent_id": "p-1", "root_id": "r-1", "countdown": 60}),
@@ -184,16 +202,21 @@ def test_records_written_together_are_those_written_one_by_one(parked: str) -> N
             record["root_id"] = "itself" if record["root_id"] == i else record["root_id"]
         return found
 
-    alone = [tasks.echo.apply_async(args, kwargs, queue=parked, **options).id for args, kwargs, options in calls]
-    with CaptureQueriesContext(connection) as queries, publish.batch():
-        together = [tasks.echo.apply_async(args, kwargs, queue=parked, **options).id for args, kwargs, options in calls]
-    (write,) = inserts(queries)
-    if connection.vendor == "postgresql" and write != "INSERT":  # (its text, where Django logs it)
-        assert "json_array_elements" in write
-    assert records(together) == records(alone)
-    first = TaskResultMeta.objects.get(task_id=together[0])
-    assert json.loads(first.args) == list(calls[0][0])
-    second = TaskResultMeta.objects.get(task_id=together[1])
-    assert (second.eta, second.priority, second.retries) == (eta, 7, 2)
-    assert second.not_retryable_reason == "keyword arguments redacted: secret"
-    assert TaskResultMeta.objects.get(task_id=together[2]).parent_id == "p-1"
+    with override_settings(
+        DJANGO_CELERY_FULLDBRESULT_REDACT_KWARGS=["secret"], USE_TZ=use_tz, TIME_ZONE="Asia/Kolkata"
+    ):
+        alone = [tasks.echo.apply_async(args, kwargs, queue=parked, **options).id for args, kwargs, options in calls]
+        with statements() as queries, publish.batch():
+            together = [
+                tasks.echo.apply_async(args, kwargs, queue=parked, **options).id for args, kwargs, options in calls
+            ]
+        (write,) = inserts(queries)
+        assert ("jsonb_array_elements" in write) == (connection.vendor == "postgresql")
+        assert records(together) == records(alone)
+        first = TaskResultMeta.objects.get(task_id=together[0])
+        assert json.loads(first.args) == list(calls[0][0])
+        assert (first.group_id, first.periodic_task_name) == ("g-1", "nächtlich ✓ 'x' \\ \"")
+        second = TaskResultMeta.objects.get(task_id=together[1])
+        assert (second.eta, second.priority, second.retries) == (eta if use_tz else make_naive(eta), 7, 2)
+        assert second.not_retryable_reason == "keyword arguments redacted: secret"
+        assert TaskResultMeta.objects.get(task_id=together[2]).parent_id == "p-1"
