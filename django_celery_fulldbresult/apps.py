@@ -9,12 +9,18 @@ class FullDBResultConfig(AppConfig):
 
     def ready(self) -> None:
         from celery._state import connect_on_app_finalize
-        from celery.signals import before_task_publish, task_postrun, worker_process_shutdown
+        from celery.signals import after_task_publish, before_task_publish, task_postrun, worker_process_shutdown
         from django.core.signals import request_finished, request_started
 
         from . import checks  # noqa: F401  (registers the system checks)
         from .conf import map_old_ignore_result, map_old_ignore_result_of_existing_apps
-        from .publish import close_old_connections, flush_after_task, on_before_task_publish, record_groups_in_one_write
+        from .publish import (
+            close_old_connections,
+            flush_after_task,
+            on_after_task_publish,
+            on_before_task_publish,
+            record_groups_in_one_write,
+        )
 
         # Celery 5.5 does not map the old CELERY_IGNORE_RESULT (see conf.py).
         map_old_ignore_result_of_existing_apps()
@@ -23,6 +29,8 @@ class FullDBResultConfig(AppConfig):
         # Connected always; the handler returns at once unless TRACK_PUBLISH
         # is on, so the setting can be changed at run time (and in tests).
         before_task_publish.connect(on_before_task_publish, weak=False, dispatch_uid="django_celery_fulldbresult")
+        # PUBLISH_IN_BACKGROUND: the writer is woken once the message is sent.
+        after_task_publish.connect(on_after_task_publish, weak=False, dispatch_uid="django_celery_fulldbresult")
         record_groups_in_one_write()
         request_started.connect(close_old_connections, dispatch_uid="django_celery_fulldbresult")
         request_finished.connect(close_old_connections, dispatch_uid="django_celery_fulldbresult")

@@ -238,3 +238,52 @@ def test_a_writer_inherited_from_another_process_is_replaced(parked: str, monkey
     assert publish._writer is not writer
     assert publish.flush(timeout=10)
     assert TaskResultMeta.objects.filter(task_id=result.id).exists()
+
+
+def wait_until_idle(writer: publish.BackgroundWriter) -> None:
+    wait_for(lambda: writer._idle, timeout=10, message="the writer waiting for rows")
+
+
+def test_the_writer_is_woken_once_the_message_is_sent(parked: str) -> None:
+    """Not while apply_async waits for the broker: woken then, its thread would hold up the call."""
+    from celery.signals import before_task_publish
+
+    tasks.add.apply_async((0, 0), queue=parked)
+    assert publish.flush(timeout=10)
+    writer = publish._writer
+    assert writer is not None
+    wait_until_idle(writer)
+    during: list[bool] = []
+
+    def look(**kwargs: Any) -> None:  # connected after the app's handler: runs after it
+        during.append(writer._wake_due)
+
+    before_task_publish.connect(look, weak=False)
+    try:
+        result = tasks.add.apply_async((1, 2), queue=parked)
+    finally:
+        before_task_publish.disconnect(look)
+    assert during == [True], "queued, not woken, before the message is sent"
+    assert not writer._wake_due, "woken once it is sent"
+    # Written without a flush, well before the writer's idle timeout (10 s).
+    wait_for(lambda: TaskResultMeta.objects.filter(task_id=result.id).exists(), timeout=5)
+
+
+def test_a_row_whose_message_was_not_sent_is_written_all_the_same(parked: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker refused the message after the handler queued its row: no wake-up comes, the writer finds it."""
+    from celery.signals import after_task_publish
+
+    publish.stop_background_writer()
+    monkeypatch.setattr(publish.BackgroundWriter, "IDLE_SECONDS", 0.5)
+    tasks.add.apply_async((0, 0), queue=parked)  # a writer with the short idle time
+    assert publish.flush(timeout=10)
+    writer = publish._writer
+    assert writer is not None
+    wait_until_idle(writer)
+    after_task_publish.disconnect(dispatch_uid="django_celery_fulldbresult")  # as if sending had failed
+    try:
+        result = tasks.add.apply_async((1, 2), queue=parked)
+        assert writer._wake_due
+        wait_for(lambda: TaskResultMeta.objects.filter(task_id=result.id).exists(), timeout=5)
+    finally:
+        after_task_publish.connect(publish.on_after_task_publish, weak=False, dispatch_uid="django_celery_fulldbresult")
