@@ -389,9 +389,11 @@ class BackgroundWriter:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the rows queued before this call are written (or given up); False if ``timeout`` came first."""
-        self.wake()
         with self._changed:
             target = self._queued
+            if self._wake_due:  # rows queued before this call, unwoken yet (their message may not be sent)
+                self._wake_due = False
+                self._changed.notify_all()
             return self._changed.wait_for(lambda: self._done >= target or not self._thread.is_alive(), timeout)
 
     def stop(self, timeout: float | None = None) -> None:
@@ -490,7 +492,7 @@ def _queue(rows: list[dict[str, Any]], wake: bool = True) -> None:
 def on_after_task_publish(**kwargs: Any) -> None:
     """Celery's ``after_task_publish`` handler: wake the background writer for the message just sent."""
     writer = _writer
-    if writer is not None and writer._wake_due:
+    if writer is not None and writer._wake_due and writer.pid == os.getpid():  # (not a parent's, copied by a fork)
         writer.wake()
 
 

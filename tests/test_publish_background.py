@@ -271,19 +271,26 @@ def test_the_writer_is_woken_once_the_message_is_sent(parked: str) -> None:
 
 def test_a_row_whose_message_was_not_sent_is_written_all_the_same(parked: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The broker refused the message after the handler queued its row: no wake-up comes, the writer finds it."""
-    from celery.signals import after_task_publish
+    from celery.signals import after_task_publish, before_task_publish
 
     publish.stop_background_writer()
-    monkeypatch.setattr(publish.BackgroundWriter, "IDLE_SECONDS", 0.5)
+    monkeypatch.setattr(publish.BackgroundWriter, "IDLE_SECONDS", 2.0)
     tasks.add.apply_async((0, 0), queue=parked)  # a writer with the short idle time
     assert publish.flush(timeout=10)
     writer = publish._writer
     assert writer is not None
     wait_until_idle(writer)
+    during: list[bool] = []
+
+    def look(**kwargs: Any) -> None:
+        during.append(writer._wake_due)
+
     after_task_publish.disconnect(dispatch_uid="django_celery_fulldbresult")  # as if sending had failed
+    before_task_publish.connect(look, weak=False)
     try:
         result = tasks.add.apply_async((1, 2), queue=parked)
-        assert writer._wake_due
-        wait_for(lambda: TaskResultMeta.objects.filter(task_id=result.id).exists(), timeout=5)
+        assert during == [True], "queued, unwoken"
+        wait_for(lambda: TaskResultMeta.objects.filter(task_id=result.id).exists(), timeout=8)
     finally:
+        before_task_publish.disconnect(look)
         after_task_publish.connect(publish.on_after_task_publish, weak=False, dispatch_uid="django_celery_fulldbresult")
