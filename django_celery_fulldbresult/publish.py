@@ -384,16 +384,19 @@ class BackgroundWriter:
         """Wake the writer for rows :meth:`put` queued without waking it."""
         if self._wake_due:  # (read without the lock: a wake missed here is done by the next one, or the next flush)
             with self._changed:
-                self._wake_due = False
-                self._changed.notify_all()
+                self._wake_if_due()
+
+    def _wake_if_due(self) -> None:
+        # (With the lock held.)
+        if self._wake_due:
+            self._wake_due = False
+            self._changed.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the rows queued before this call are written (or given up); False if ``timeout`` came first."""
         with self._changed:
             target = self._queued
-            if self._wake_due:  # rows queued before this call, unwoken yet (their message may not be sent)
-                self._wake_due = False
-                self._changed.notify_all()
+            self._wake_if_due()  # rows queued before this call, unwoken yet (their message may not be sent)
             return self._changed.wait_for(lambda: self._done >= target or not self._thread.is_alive(), timeout)
 
     def stop(self, timeout: float | None = None) -> None:

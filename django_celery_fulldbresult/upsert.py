@@ -479,8 +479,9 @@ def state_function_sql(connection: BaseDatabaseWrapper) -> str:
     )
 
 
-def _state_function_types() -> list[str]:
-    return [_FUNCTION_TYPES[_field(name).get_internal_type()] for name in STATE_COLUMNS]
+def _state_function_types(columns: Sequence[str] = STATE_COLUMNS) -> list[str]:
+    """The SQL types of the function's parameters (or of other columns' values, cast the same way)."""
+    return [_FUNCTION_TYPES[_field(name).get_internal_type()] for name in columns]
 
 
 #: Parameter types of the function, by field: wide enough for what the backend sends (a column's own type
@@ -678,8 +679,9 @@ def _record_published_sql(connection: BaseDatabaseWrapper, count: int, from_json
     table = connection.ops.quote_name(model._meta.db_table)
     finished = _finished_list(connection)
     if from_json:
-        types = [_FUNCTION_TYPES[_field(name).get_internal_type()] for name in PUBLISH_COLUMNS]
-        casts = ", ".join(f"(published->>{i})::{type_}" for i, type_ in enumerate(types))
+        casts = ", ".join(
+            f"(published->>{i})::{type_}" for i, type_ in enumerate(_state_function_types(PUBLISH_COLUMNS))
+        )
         rows = f"SELECT {casts} FROM jsonb_array_elements(%s::jsonb) AS published"
     else:
         rows = "VALUES " + ", ".join(["(%s)" % ", ".join(["%s"] * len(PUBLISH_COLUMNS))] * count)
