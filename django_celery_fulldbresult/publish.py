@@ -224,7 +224,7 @@ def write_records(rows: Sequence[dict[str, Any]], using: str | None = None) -> N
     if _in_event_loop():
         # Django refuses database calls in an event loop's thread (an ASGI
         # view calling .delay()): write from a thread of this module's own.
-        _executor().submit(write_records, rows, using).result()
+        _executor().submit(_write_in_own_thread, rows, using).result()
         return
     alias = using or router.db_for_write(_model())
     connection = connection_for_records(alias)
@@ -243,9 +243,44 @@ def _in_event_loop() -> bool:
     return True
 
 
-@functools.cache
+_executor_of: tuple[int, ThreadPoolExecutor] | None = None  # (the process id, its executor)
+_executor_lock = threading.Lock()
+
+
 def _executor() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="fulldbresult-publish")
+    """This process's thread for writes asked from an event loop.
+
+    One per process: a forked child has no copy of its parent's thread, and an
+    executor copied from the parent would count that thread as its own and
+    start none (its callers would wait forever).
+    """
+    global _executor_of
+    owned = _executor_of
+    if owned is None or owned[0] != os.getpid():
+        with _executor_lock:
+            owned = _executor_of
+            if owned is None or owned[0] != os.getpid():
+                owned = _executor_of = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="fulldbresult-publish"))
+    return owned[1]
+
+
+def _write_in_own_thread(rows: Sequence[dict[str, Any]], using: str | None) -> None:
+    try:
+        write_records(rows, using)
+    finally:
+        _hold_connections()
+
+
+#: The Django connections of this module's own threads (the background
+#: writer, the event loops' executor), by thread: see _after_fork_in_child.
+_held_connections: dict[int, Sequence[BaseDatabaseWrapper]] = {}
+#: What a forked child inherited of them: kept, never freed (nor closed).
+_left_by_parent: list[Sequence[BaseDatabaseWrapper]] = []
+
+
+def _hold_connections() -> None:
+    """Keep this thread's Django connections referenced beyond its own storage (called by this module's threads)."""
+    _held_connections[threading.get_ident()] = connections.all(initialized_only=True)
 
 
 def _model() -> Any:
@@ -441,6 +476,7 @@ class BackgroundWriter:
                 self._changed.notify_all()
             with contextlib.suppress(Exception):
                 connections.close_all()
+            _held_connections.pop(threading.get_ident(), None)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         unique = _unique(rows)
@@ -455,6 +491,8 @@ class BackgroundWriter:
                 logger.warning("Could not record the publication of %d tasks; trying again", len(unique))
                 connections.close_all()
                 time.sleep(delay)
+            finally:
+                _hold_connections()
 
 
 def _id_list(rows: Sequence[dict[str, Any]]) -> str:
@@ -535,16 +573,23 @@ def flush_after_task(**kwargs: Any) -> None:
     flush(timeout=30.0)
 
 
-def _forget_writer_in_child() -> None:
+def _after_fork_in_child() -> None:
     # A forked child has no copy of the parent's thread: the rows it queues
     # need a writer of its own (the parent's thread writes the parent's).
     # (Where fork hooks do not run, uWSGI's prefork, _background() sees the
     # writer is the parent's by its pid.)
+    # The parent's threads' connections are the parent's too. The child frees
+    # its copy of their thread storage, and mysqlclient and psycopg2 say
+    # goodbye to the server when a connection object is freed, in whichever
+    # process frees it: the server would end the parent's session. So the
+    # child keeps them, unused (one socket each; psycopg 3 checks the pid).
     global _writer, _writer_lock
     _writer, _writer_lock = None, threading.Lock()
+    _left_by_parent.extend(_held_connections.values())
+    _held_connections.clear()
 
 
-os.register_at_fork(after_in_child=_forget_writer_in_child)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 # Runs before the interpreter stops its daemon threads.
 atexit.register(_stop_at_exit)
 

@@ -207,6 +207,26 @@ def worker(start_worker: Callable[..., Worker]) -> Worker:
     return start_worker()
 
 
+def in_a_forked_child(run: Callable[[], str], timeout: int = 20) -> str:
+    """What ``run`` returns in a child forked from this process; fails the test if the child failed or hung."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(timeout)  # (a child waiting for something it does not have would never end)
+            os.write(write, run().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as output:
+        out = output.read()
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child did its work and exited"
+    return out
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, message: str = "") -> Any:
     """Poll until ``predicate()`` is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +20,7 @@ from django_celery_fulldbresult.upsert import ASYNCHRONOUS_COMMIT
 from testcelery import tasks
 from testcelery.celery import app
 
-from .conftest import wait_for
+from .conftest import in_a_forked_child, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -227,3 +229,20 @@ def test_an_asynchronous_publish_commit_is_one_round_trip_and_changes_no_session
         with connection.cursor() as cursor:
             cursor.execute("SHOW synchronous_commit")
             assert cursor.fetchone()[0] == "on", "the caller's transaction commits as it always did"
+
+
+async def publish_from_an_event_loop(queue: str) -> str:
+    return tasks.add.apply_async((1, 2), queue=queue).id  # as an async view calling .delay() does
+
+
+def test_a_task_published_from_an_event_loop_is_recorded(parked: str) -> None:
+    """Django refuses queries in an event loop's thread: the record is written from a thread of the app's own."""
+    task_id = asyncio.run(publish_from_an_event_loop(parked))
+    assert TaskResultMeta.objects.get(task_id=task_id).status == states.PENDING
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_records_what_it_publishes_from_an_event_loop(parked: str) -> None:
+    asyncio.run(publish_from_an_event_loop(parked))  # the app's thread is running in this process
+    task_id = in_a_forked_child(lambda: asyncio.run(publish_from_an_event_loop(parked)))  # (that thread is not there)
+    assert TaskResultMeta.objects.filter(task_id=task_id).exists()

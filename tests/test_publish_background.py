@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +24,7 @@ from django_celery_fulldbresult import publish
 from django_celery_fulldbresult.models import TaskResultMeta
 from testcelery import tasks
 
-from .conftest import ROOT, wait_for, worker_env
+from .conftest import ROOT, in_a_forked_child, wait_for, worker_env
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -155,21 +157,13 @@ def test_a_script_that_exits_right_after_publishing_leaves_the_records(parked: s
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
 def test_a_forked_child_writes_its_own_records(parked: str) -> None:
     tasks.add.apply_async((0, 0), queue=parked)  # the parent's writer is running
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the parent's thread is not here
-        code = 1
-        try:
-            task_id = tasks.add.apply_async((1, 1), queue=parked).id
-            code = 0 if publish.flush(timeout=10) else 2
-            os.write(write, task_id.encode())
-        finally:
-            os._exit(code)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    task_id = os.read(read, 100).decode()
-    os.close(read)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child's flush() returned"
+
+    def publish_and_flush() -> str:  # in the child, where the parent's thread is not
+        task_id = tasks.add.apply_async((1, 1), queue=parked).id
+        assert publish.flush(timeout=10)
+        return task_id
+
+    task_id = in_a_forked_child(publish_and_flush)
     assert TaskResultMeta.objects.filter(task_id=task_id).exists()
 
 
@@ -187,7 +181,6 @@ def test_a_worker_writes_what_its_tasks_published_before_their_next_task(start_w
 
 def test_flush_waits_for_the_rows_queued_before_it_not_for_later_ones(parked: str) -> None:
     import threading
-    import time
 
     tasks.add.apply_async((0, 0), queue=parked)
     publish.flush(timeout=10)
@@ -294,3 +287,35 @@ def test_a_row_whose_message_was_not_sent_is_written_all_the_same(parked: str, m
     finally:
         before_task_publish.disconnect(look)
         after_task_publish.connect(publish.on_after_task_publish, weak=False, dispatch_uid="django_celery_fulldbresult")
+
+
+def server_sessions() -> set[int]:
+    """The ids of the database server's sessions other than this connection's."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "mysql":
+            cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()")
+        else:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
+        return {row[0] for row in cursor.fetchall()}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_leaves_the_parents_connection_open(parked: str) -> None:
+    """The child inherits the writer's connection object, not its thread: freeing it there must not end the session.
+
+    mysqlclient and psycopg2 say goodbye to the server when their connection
+    object is freed, in whichever process frees it.
+    """
+    if connection.vendor == "sqlite":
+        pytest.skip("no server session")
+    first = tasks.add.apply_async((0, 0), queue=parked)
+    assert publish.flush(timeout=10)  # the parent's writer has its connection open
+    before = server_sessions()
+    in_a_forked_child(lambda: str(gc.collect()))  # the child frees its copy of the parent's thread and what it held
+    time.sleep(0.2)  # (the server ends a session a moment after its goodbye)
+    assert server_sessions() >= before, "the parent's sessions are all still open"
+    second = tasks.add.apply_async((1, 1), queue=parked)
+    assert publish.flush(timeout=10)
+    assert TaskResultMeta.objects.filter(task_id__in=[first.id, second.id]).count() == 2
