@@ -206,17 +206,20 @@ def connection_for_records(alias: str) -> BaseDatabaseWrapper:
 def close_old_connections(**kwargs: Any) -> None:
     """Close this thread's own connections as Django closes its own (CONN_MAX_AGE).
 
-    Connected to ``request_started``, ``request_finished`` and Celery's
-    ``task_postrun`` by the app config.
+    And those of the thread that writes for event loops (:func:`write_records`),
+    in that thread, without waiting for it. Connected to ``request_started``,
+    ``request_finished`` and Celery's ``task_postrun`` by the app config.
     """
     for connection in getattr(_local, "connections", {}).values():
         connection.close_if_unusable_or_obsolete()
+    _close_executor_connections(obsolete_only=True, wait=False)
 
 
 def close_connections() -> None:
-    """Close this thread's own connections now."""
+    """Close this thread's own connections now, and those of the thread that writes for event loops."""
     for connection in getattr(_local, "connections", {}).values():
         connection.close()
+    _close_executor_connections(obsolete_only=False, wait=True)
 
 
 def write_records(rows: Sequence[dict[str, Any]], using: str | None = None) -> None:
@@ -224,7 +227,7 @@ def write_records(rows: Sequence[dict[str, Any]], using: str | None = None) -> N
     if _in_event_loop():
         # Django refuses database calls in an event loop's thread (an ASGI
         # view calling .delay()): write from a thread of this module's own.
-        _executor().submit(_write_in_own_thread, rows, using).result()
+        _executor().submit(write_records, rows, using).result()
         return
     alias = using or router.db_for_write(_model())
     connection = connection_for_records(alias)
@@ -260,27 +263,53 @@ def _executor() -> ThreadPoolExecutor:
         with _executor_lock:
             owned = _executor_of
             if owned is None or owned[0] != os.getpid():
-                owned = _executor_of = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="fulldbresult-publish"))
+                executor = ThreadPoolExecutor(1, "fulldbresult-publish", initializer=_start_executor_thread)
+                owned = _executor_of = (os.getpid(), executor)
     return owned[1]
 
 
-def _write_in_own_thread(rows: Sequence[dict[str, Any]], using: str | None) -> None:
-    try:
-        write_records(rows, using)
-    finally:
-        _hold_connections()
+_executor_thread: int | None = None
+
+
+def _start_executor_thread() -> None:
+    global _executor_thread
+    _executor_thread = threading.get_ident()
+    _hold_connections()
+
+
+def _close_executor_connections(obsolete_only: bool, wait: bool) -> None:
+    """Close the executor thread's connections in that thread (Django's are per thread), if it has any open."""
+    owned = _executor_of
+    if owned is None or owned[0] != os.getpid() or _executor_thread is None:
+        return
+    if all(c.connection is None for c in _held_connections.get(_executor_thread, ())):
+        return  # (read from this thread: a connection opened meanwhile is closed at the next call)
+    done = owned[1].submit(_close_this_threads_connections, obsolete_only)
+    if wait:
+        done.result(timeout=30)
+
+
+def _close_this_threads_connections(obsolete_only: bool) -> None:
+    for connection in connections.all(initialized_only=True):
+        if obsolete_only:
+            connection.close_if_unusable_or_obsolete()
+        else:
+            connection.close()
 
 
 #: The Django connections of this module's own threads (the background
 #: writer, the event loops' executor), by thread: see _after_fork_in_child.
 _held_connections: dict[int, Sequence[BaseDatabaseWrapper]] = {}
-#: What a forked child inherited of them: kept, never freed (nor closed).
-_left_by_parent: list[Sequence[BaseDatabaseWrapper]] = []
 
 
 def _hold_connections() -> None:
-    """Keep this thread's Django connections referenced beyond its own storage (called by this module's threads)."""
-    _held_connections[threading.get_ident()] = connections.all(initialized_only=True)
+    """Keep this thread's Django connections where a forked child finds them (run first by this module's threads).
+
+    Django makes one connection object per alias and thread, which connects,
+    closes and connects again: held from the thread's start, before any
+    write, a fork in the middle of the first one finds it too.
+    """
+    _held_connections[threading.get_ident()] = connections.all()
 
 
 def _model() -> Any:
@@ -436,6 +465,8 @@ class BackgroundWriter:
 
     def stop(self, timeout: float | None = None) -> None:
         """Write what is queued, close the connection and end the thread."""
+        if self.pid != os.getpid():  # a parent's, copied by a fork without fork hooks (uWSGI): no thread here
+            return
         with self._changed:
             self._stopping = True
             self._changed.notify_all()
@@ -457,6 +488,7 @@ class BackgroundWriter:
             return [self._rows.popleft() for _ in range(count)]
 
     def _run(self) -> None:
+        _hold_connections()
         try:
             while (rows := self._take()) is not None:
                 try:
@@ -491,8 +523,6 @@ class BackgroundWriter:
                 logger.warning("Could not record the publication of %d tasks; trying again", len(unique))
                 connections.close_all()
                 time.sleep(delay)
-            finally:
-                _hold_connections()
 
 
 def _id_list(rows: Sequence[dict[str, Any]]) -> str:
@@ -574,19 +604,39 @@ def flush_after_task(**kwargs: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
-    # A forked child has no copy of the parent's thread: the rows it queues
-    # need a writer of its own (the parent's thread writes the parent's).
-    # (Where fork hooks do not run, uWSGI's prefork, _background() sees the
-    # writer is the parent's by its pid.)
-    # The parent's threads' connections are the parent's too. The child frees
-    # its copy of their thread storage, and mysqlclient and psycopg2 say
-    # goodbye to the server when a connection object is freed, in whichever
-    # process frees it: the server would end the parent's session. So the
-    # child keeps them, unused (one socket each; psycopg 3 checks the pid).
-    global _writer, _writer_lock
-    _writer, _writer_lock = None, threading.Lock()
-    _left_by_parent.extend(_held_connections.values())
+    # A forked child has no copy of the parent's threads: the rows it queues
+    # need a writer of its own (the parent's thread writes the parent's), and
+    # the event loops' executor, a thread of its own (_executor() sees that
+    # by the process id, as _background() does where fork hooks do not run,
+    # uWSGI's prefork). The locks may have been held by one of those threads.
+    global _writer, _writer_lock, _executor_lock
+    _writer, _writer_lock, _executor_lock = None, threading.Lock(), threading.Lock()
+    # Their connections are the parent's too. The child frees its copy of
+    # them, at once or at its exit, and mysqlclient and psycopg2 say goodbye
+    # to the server when a connection object is freed, in whichever process
+    # frees it: the server would end the parent's session. The child's copy
+    # of each socket is pointed at /dev/null first (the parent's socket is
+    # its own), so the goodbye goes nowhere.
+    held = [connection for thread in _held_connections.values() for connection in thread]
     _held_connections.clear()
+    _mute(held)
+
+
+def _mute(held: Sequence[BaseDatabaseWrapper]) -> None:
+    sockets = []
+    for connection in held:
+        try:
+            sockets.append(connection.connection.fileno())  # psycopg 3 and 2, mysqlclient
+        except Exception:  # closed (None), or none (SQLite)
+            continue
+    if not sockets:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in sockets:
+            os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

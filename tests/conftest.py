@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -217,6 +218,8 @@ def in_a_forked_child(run: Callable[[], str], timeout: int = 20) -> str:
             signal.alarm(timeout)  # (a child waiting for something it does not have would never end)
             os.write(write, run().encode())
             code = 0
+        except BaseException:
+            traceback.print_exc()
         finally:
             os._exit(code)
     os.close(write)
@@ -225,6 +228,18 @@ def in_a_forked_child(run: Callable[[], str], timeout: int = 20) -> str:
         out = output.read()
     assert os.waitstatus_to_exitcode(status) == 0, "the forked child did its work and exited"
     return out
+
+
+def server_sessions() -> set[int]:
+    """The ids of the database server's sessions other than this connection's."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "mysql":
+            cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()")
+        else:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
+        return {row[0] for row in cursor.fetchall()}
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, message: str = "") -> Any:

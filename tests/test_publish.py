@@ -12,15 +12,17 @@ from typing import Any
 import pytest
 from celery import chain, chord, group, states
 from django.contrib.auth.models import User
+from django.core.signals import request_finished
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext, override_settings
 
+from django_celery_fulldbresult import publish
 from django_celery_fulldbresult.models import TaskResultMeta
 from django_celery_fulldbresult.upsert import ASYNCHRONOUS_COMMIT
 from testcelery import tasks
 from testcelery.celery import app
 
-from .conftest import in_a_forked_child, wait_for
+from .conftest import in_a_forked_child, server_sessions, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -246,3 +248,28 @@ def test_a_forked_child_records_what_it_publishes_from_an_event_loop(parked: str
     asyncio.run(publish_from_an_event_loop(parked))  # the app's thread is running in this process
     task_id = in_a_forked_child(lambda: asyncio.run(publish_from_an_event_loop(parked)))  # (that thread is not there)
     assert TaskResultMeta.objects.filter(task_id=task_id).exists()
+
+
+def test_the_connection_that_wrote_for_an_event_loop_is_closed_as_django_closes_its_own(
+    parked: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the end of a request when CONN_MAX_AGE says so, and by ``publish.close_connections()``."""
+    if connection.vendor == "sqlite":
+        pytest.skip("no server session")
+    for alias in connections:
+        monkeypatch.setitem(connections.settings[alias], "CONN_MAX_AGE", 0)  # Django's default
+    publish.close_connections()
+    before = server_sessions()
+    asyncio.run(publish_from_an_event_loop(parked))
+    opened = server_sessions() - before
+    assert opened, "the write had a connection of its own"
+    request_finished.send(sender=None)
+    wait_for(lambda: not server_sessions() & opened, timeout=10, message="the connection closed with the request")
+
+    monkeypatch.undo()  # a persistent connection, which the request's end leaves open
+    asyncio.run(publish_from_an_event_loop(parked))
+    opened = server_sessions() - before
+    request_finished.send(sender=None)
+    assert server_sessions() & opened, "CONN_MAX_AGE keeps it"
+    publish.close_connections()
+    wait_for(lambda: not server_sessions() & opened, timeout=10, message="the connection closed")

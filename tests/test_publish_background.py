@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -24,7 +25,7 @@ from django_celery_fulldbresult import publish
 from django_celery_fulldbresult.models import TaskResultMeta
 from testcelery import tasks
 
-from .conftest import ROOT, in_a_forked_child, wait_for, worker_env
+from .conftest import ROOT, in_a_forked_child, server_sessions, wait_for, worker_env
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -289,33 +290,41 @@ def test_a_row_whose_message_was_not_sent_is_written_all_the_same(parked: str, m
         after_task_publish.connect(publish.on_after_task_publish, weak=False, dispatch_uid="django_celery_fulldbresult")
 
 
-def server_sessions() -> set[int]:
-    """The ids of the database server's sessions other than this connection's."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "mysql":
-            cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID()")
-        else:
-            cursor.execute(
-                "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
-            )
-        return {row[0] for row in cursor.fetchall()}
+def session_of(thread: int | None) -> int:
+    """The server's id of the session of one of the app's threads (not its connection object: see below)."""
+    (open_one,) = [c.connection for c in publish._held_connections[thread or 0] if c.connection is not None]
+    return int(open_one.thread_id() if connection.vendor == "mysql" else open_one.info.backend_pid)
+
+
+async def publish_from_an_event_loop(queue: str) -> None:
+    tasks.add.apply_async((2, 2), queue=queue)  # written by the app's thread for event loops
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
-def test_a_forked_child_leaves_the_parents_connection_open(parked: str) -> None:
-    """The child inherits the writer's connection object, not its thread: freeing it there must not end the session.
+def test_a_forked_child_leaves_the_parents_connections_open(parked: str) -> None:
+    """The child inherits the app's threads' connection objects, not the threads: freeing them must end no session.
 
     mysqlclient and psycopg2 say goodbye to the server when their connection
-    object is freed, in whichever process frees it.
+    object is freed, in whichever process frees it (psycopg 3 checks the
+    process: on PostgreSQL this passes either way).
     """
     if connection.vendor == "sqlite":
         pytest.skip("no server session")
     first = tasks.add.apply_async((0, 0), queue=parked)
     assert publish.flush(timeout=10)  # the parent's writer has its connection open
-    before = server_sessions()
-    in_a_forked_child(lambda: str(gc.collect()))  # the child frees its copy of the parent's thread and what it held
+    writer = publish._writer
+    assert writer is not None
+    writers = session_of(writer._thread.ident)
+    with override_settings(DJANGO_CELERY_FULLDBRESULT_PUBLISH_IN_BACKGROUND=False):
+        asyncio.run(publish_from_an_event_loop(parked))
+    executors = session_of(publish._executor_thread)
+    # The child frees its copy of the parent's threads' storage at the fork,
+    # and what cycles kept of it at its next collection (or at its exit).
+    # (The test holds no connection object: this frame is the child's too.)
+    in_a_forked_child(lambda: str(gc.collect()))
     time.sleep(0.2)  # (the server ends a session a moment after its goodbye)
-    assert server_sessions() >= before, "the parent's sessions are all still open"
+    assert {writers, executors} <= server_sessions(), "the parent's sessions are still open"
     second = tasks.add.apply_async((1, 1), queue=parked)
     assert publish.flush(timeout=10)
+    assert session_of(writer._thread.ident) == writers, "the writer wrote on its connection, not on a new one"
     assert TaskResultMeta.objects.filter(task_id__in=[first.id, second.id]).count() == 2
