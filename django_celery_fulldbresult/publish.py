@@ -92,6 +92,7 @@ import contextlib
 import functools
 import logging
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -284,7 +285,13 @@ def _close_executor_connections(obsolete_only: bool, wait: bool) -> None:
         return
     if all(c.connection is None for c in _held_connections.get(_executor_thread, ())):
         return  # (read from this thread: a connection opened meanwhile is closed at the next call)
-    done = owned[1].submit(_close_this_threads_connections, obsolete_only)
+    if threading.get_ident() == _executor_thread:
+        _close_this_threads_connections(obsolete_only)
+        return
+    try:
+        done = owned[1].submit(_close_this_threads_connections, obsolete_only)
+    except RuntimeError:  # the interpreter is shutting down: so is the thread, with its connections
+        return
     if wait:
         done.result(timeout=30)
 
@@ -310,6 +317,22 @@ def _hold_connections() -> None:
     write, a fork in the middle of the first one finds it too.
     """
     _held_connections[threading.get_ident()] = connections.all()
+
+
+#: Of the held connections: id(Django connection) -> (id(driver connection), its socket, the socket's inode).
+_sockets: dict[int, tuple[int, int, int]] = {}
+
+
+def remember_socket(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    """Django's ``connection_created``: note the socket of a connection made by this module's threads (see _mute)."""
+    if threading.get_ident() not in _held_connections:
+        return
+    driver = connection.connection
+    try:
+        fd = driver.fileno()  # psycopg 3 and 2, mysqlclient (SQLite has none)
+        _sockets[id(connection)] = (id(driver), fd, os.fstat(fd).st_ino)
+    except Exception:
+        _sockets.pop(id(connection), None)
 
 
 def _model() -> Any:
@@ -458,6 +481,8 @@ class BackgroundWriter:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the rows queued before this call are written (or given up); False if ``timeout`` came first."""
+        if self.pid != os.getpid():  # a parent's, copied by a fork without fork hooks: its rows are the parent's
+            return True
         with self._changed:
             target = self._queued
             self._wake_if_due()  # rows queued before this call, unwoken yet (their message may not be sent)
@@ -508,7 +533,8 @@ class BackgroundWriter:
                 self._changed.notify_all()
             with contextlib.suppress(Exception):
                 connections.close_all()
-            _held_connections.pop(threading.get_ident(), None)
+            for connection in _held_connections.pop(threading.get_ident(), ()):
+                _sockets.pop(id(connection), None)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         unique = _unique(rows)
@@ -620,21 +646,32 @@ def _after_fork_in_child() -> None:
     held = [connection for thread in _held_connections.values() for connection in thread]
     _held_connections.clear()
     _mute(held)
+    _sockets.clear()
 
 
 def _mute(held: Sequence[BaseDatabaseWrapper]) -> None:
+    """Point the sockets of these connections at /dev/null, in this process only.
+
+    Only a socket still the one the connection was made with: a driver may
+    keep the number of a socket it closed (mysqlclient, after a lost
+    connection), which the process may have given to another file since.
+    """
     sockets = []
     for connection in held:
-        try:
-            sockets.append(connection.connection.fileno())  # psycopg 3 and 2, mysqlclient
-        except Exception:  # closed (None), or none (SQLite)
+        known = _sockets.get(id(connection))
+        if known is None or connection.connection is None or known[0] != id(connection.connection):
             continue
+        _, fd, inode = known
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK((now := os.fstat(fd)).st_mode) and now.st_ino == inode:
+                sockets.append(fd)
     if not sockets:
         return
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
         for fd in sockets:
-            os.dup2(devnull, fd)
+            with contextlib.suppress(OSError):
+                os.dup2(devnull, fd, inheritable=False)
     finally:
         os.close(devnull)
 

@@ -242,6 +242,14 @@ def server_sessions() -> set[int]:
         return {row[0] for row in cursor.fetchall()}
 
 
+def session_of(thread: int | None) -> int:
+    """The server's id of the session of one of the publish module's threads (its one open connection)."""
+    from django_celery_fulldbresult import publish
+
+    (open_one,) = [c.connection for c in publish._held_connections[thread or 0] if c.connection is not None]
+    return int(open_one.thread_id() if connection.vendor == "mysql" else open_one.info.backend_pid)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1, message: str = "") -> Any:
     """Poll until ``predicate()`` is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ from django_celery_fulldbresult.upsert import ASYNCHRONOUS_COMMIT
 from testcelery import tasks
 from testcelery.celery import app
 
-from .conftest import in_a_forked_child, server_sessions, wait_for
+from .conftest import in_a_forked_child, server_sessions, session_of, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -259,17 +259,18 @@ def test_the_connection_that_wrote_for_an_event_loop_is_closed_as_django_closes_
     for alias in connections:
         monkeypatch.setitem(connections.settings[alias], "CONN_MAX_AGE", 0)  # Django's default
     publish.close_connections()
-    before = server_sessions()
     asyncio.run(publish_from_an_event_loop(parked))
-    opened = server_sessions() - before
-    assert opened, "the write had a connection of its own"
+    session = session_of(publish._executor_thread)
+    assert session in server_sessions()
     request_finished.send(sender=None)
-    wait_for(lambda: not server_sessions() & opened, timeout=10, message="the connection closed with the request")
+    publish._executor().submit(lambda: None).result()  # (the close is that thread's next job)
+    wait_for(lambda: session not in server_sessions(), timeout=10, message="the connection closed with the request")
 
     monkeypatch.undo()  # a persistent connection, which the request's end leaves open
     asyncio.run(publish_from_an_event_loop(parked))
-    opened = server_sessions() - before
+    session = session_of(publish._executor_thread)
     request_finished.send(sender=None)
-    assert server_sessions() & opened, "CONN_MAX_AGE keeps it"
+    publish._executor().submit(lambda: None).result()
+    assert session_of(publish._executor_thread) == session, "CONN_MAX_AGE keeps it"
     publish.close_connections()
-    wait_for(lambda: not server_sessions() & opened, timeout=10, message="the connection closed")
+    wait_for(lambda: session not in server_sessions(), timeout=10, message="the connection closed")

@@ -25,7 +25,7 @@ from django_celery_fulldbresult import publish
 from django_celery_fulldbresult.models import TaskResultMeta
 from testcelery import tasks
 
-from .conftest import ROOT, in_a_forked_child, server_sessions, wait_for, worker_env
+from .conftest import ROOT, in_a_forked_child, server_sessions, session_of, wait_for, worker_env
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -290,12 +290,6 @@ def test_a_row_whose_message_was_not_sent_is_written_all_the_same(parked: str, m
         after_task_publish.connect(publish.on_after_task_publish, weak=False, dispatch_uid="django_celery_fulldbresult")
 
 
-def session_of(thread: int | None) -> int:
-    """The server's id of the session of one of the app's threads (not its connection object: see below)."""
-    (open_one,) = [c.connection for c in publish._held_connections[thread or 0] if c.connection is not None]
-    return int(open_one.thread_id() if connection.vendor == "mysql" else open_one.info.backend_pid)
-
-
 async def publish_from_an_event_loop(queue: str) -> None:
     tasks.add.apply_async((2, 2), queue=queue)  # written by the app's thread for event loops
 
@@ -327,4 +321,7 @@ def test_a_forked_child_leaves_the_parents_connections_open(parked: str) -> None
     second = tasks.add.apply_async((1, 1), queue=parked)
     assert publish.flush(timeout=10)
     assert session_of(writer._thread.ident) == writers, "the writer wrote on its connection, not on a new one"
+    with override_settings(DJANGO_CELERY_FULLDBRESULT_PUBLISH_IN_BACKGROUND=False):
+        asyncio.run(publish_from_an_event_loop(parked))
+    assert session_of(publish._executor_thread) == executors, "and so did the thread for event loops"
     assert TaskResultMeta.objects.filter(task_id__in=[first.id, second.id]).count() == 2
