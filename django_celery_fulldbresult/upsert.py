@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 from celery import states
 from django.db import IntegrityError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models import Q
 from django.db.utils import InterfaceError, OperationalError, ProgrammingError
 from django.utils.asyncio import async_unsafe
@@ -259,8 +260,29 @@ def _write_cursor(connection: BaseDatabaseWrapper, server_binding: bool = False)
         if keep:
             kept[server_binding] = mine
     connection.validate_thread_sharing()
-    wrapped = connection.make_debug_cursor(mine[1]) if connection.queries_logged else connection.make_cursor(mine[1])
-    return wrapped, keep
+    if not connection.queries_logged:
+        return connection.make_cursor(mine[1]), keep
+    if server_binding:
+        return _ServerBindingDebugCursor(mine[1], connection), keep
+    return connection.make_debug_cursor(mine[1]), keep
+
+
+class _ServerBindingDebugCursor(CursorDebugWrapper):
+    """Django's debug cursor for a write bound on the server (``DEBUG``, ``CaptureQueriesContext``, the SQL log).
+
+    Django logs the statement psycopg reports it ran, and psycopg reports none
+    for a statement bound on the server: the writes showed as ``None``. This
+    logs the statement with its parameters written in, as Django shows the
+    statements it binds on the client.
+    """
+
+    def execute(self, sql: Any, params: Any = None) -> Any:
+        try:
+            shown = self.db.ops.compose_sql(sql, params)
+        except Exception:  # (a value the client cannot write out: the statement as it is)
+            shown = sql
+        with self.debug_sql(shown, params):
+            return CursorWrapper.execute(self, sql, params)
 
 
 def _prepares(connection: BaseDatabaseWrapper) -> bool:

@@ -319,7 +319,7 @@ def test_unfinished_states_can_commit_without_waiting_for_the_flush() -> None:
 def test_the_writes_are_prepared_when_the_project_turns_prepared_statements_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Django's OPTIONS["prepare_threshold"]: the state and publish writes are prepared, still one round-trip."""
+    """Django's OPTIONS["prepare_threshold"]: the state and publish writes are prepared, one round-trip, and logged."""
     from celery.app.task import Context
     from django.test.utils import CaptureQueriesContext, override_settings
 
@@ -332,6 +332,8 @@ def test_the_writes_are_prepared_when_the_project_turns_prepared_statements_on(
                 app.backend.store_result(attempt.id, None, states.STARTED, request=attempt)
                 app.backend.store_result(attempt.id, n, states.SUCCESS, request=attempt)
             assert len(queries) == 2
+            # Logged as Django logs its own (DEBUG, django-debug-toolbar): the statement, with its values.
+            assert all(f"'{attempt.id}'" in (query["sql"] or "") for query in queries), queries
         with override_settings(DJANGO_CELERY_FULLDBRESULT_UNFINISHED_SYNCHRONOUS_COMMIT=False):
             app.backend.store_result("prepared-3", None, states.STARTED)  # two statements: not prepared
         with connection.cursor() as cursor:
