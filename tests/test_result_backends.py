@@ -332,7 +332,7 @@ def test_the_writes_are_prepared_when_the_project_turns_prepared_statements_on(
                 app.backend.store_result(attempt.id, None, states.STARTED, request=attempt)
                 app.backend.store_result(attempt.id, n, states.SUCCESS, request=attempt)
             assert len(queries) == 2
-            # Logged as Django logs its own (DEBUG, django-debug-toolbar): the statement, with its values.
+            # Logged as Django logs its own (DEBUG, CaptureQueriesContext): the statement, with its values.
             assert all(f"'{attempt.id}'" in (query["sql"] or "") for query in queries), queries
         with override_settings(DJANGO_CELERY_FULLDBRESULT_UNFINISHED_SYNCHRONOUS_COMMIT=False):
             app.backend.store_result("prepared-3", None, states.STARTED)  # two statements: not prepared
