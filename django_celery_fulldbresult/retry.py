@@ -14,6 +14,7 @@ operators (or two cron jobs) retrying the same record at once send it once.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from django.utils.translation import gettext as _
 from .models import TaskResultMeta
 from .publish import already_recorded, connection_for_records, is_ignored, write_records
 from .serialization import decode_arguments
+
+logger = logging.getLogger(__name__)
 
 #: How many records are claimed, written and sent per round.
 CHUNK = 500
@@ -54,7 +57,7 @@ def refusal(record: TaskResultMeta, force: bool = False) -> str | None:
         return _("already retried as %(task_id)s") % {"task_id": record.retried_as}
     try:
         decode_arguments(record.args, record.kwargs)
-    except ValueError as exc:
+    except Exception as exc:  # (kombu's markers raise what their type's constructor raises: decimal, uuid, bytes)
         return _("the stored arguments cannot be decoded: %(error)s") % {"error": exc}
     return None
 
@@ -72,26 +75,35 @@ def _routing(record: TaskResultMeta) -> dict[str, Any]:
 
 
 def _claim(
-    records: list[TaskResultMeta], new_ids: dict[str, str], force: bool, connection: Any
+    records: list[TaskResultMeta], new_ids: dict[str, str], force: bool, connection: Any, refused: dict[str, str]
 ) -> list[TaskResultMeta]:
-    """Set ``retried_as`` on the records nobody else claimed first; return those.
+    """Set ``retried_as`` on the records nobody else claimed first, and still in the state read; return those.
 
     One UPDATE for the whole chunk (a CASE gives each record its new id), then
     one SELECT to see which claims are ours: two statements per chunk, not
     one per record, which is what makes 10,000 retries take seconds. A record
     read unclaimed is claimed only if it still is; a forced retry replaces
-    only the claim it read, so two forced retries at once send once.
+    only the claim it read, so two forced retries at once send once. And a
+    record whose state changed since it was read (a stale task a worker
+    started or finished meanwhile, the list read from a replica behind) is
+    not claimed: it would run twice. The records not claimed get their
+    reason in ``refused``.
     """
     table, task_id, retried_as = _names(connection)
+    status = connection.ops.quote_name("status")
     conditions, params = [], []
-    unclaimed = [r.task_id for r in records if not r.retried_as]
-    if unclaimed:
-        conditions.append(f"({task_id} IN ({', '.join(['%s'] * len(unclaimed))}) AND {retried_as} IS NULL)")
-        params += unclaimed
+    unclaimed: dict[str, list[str]] = {}  # by the state read: a few groups, however many records
     for record in records:
-        if force and record.retried_as:
-            conditions.append(f"({task_id} = %s AND {retried_as} = %s)")
-            params += [record.task_id, record.retried_as]
+        if not record.retried_as:
+            unclaimed.setdefault(record.status, []).append(record.task_id)
+        elif force:
+            conditions.append(f"({task_id} = %s AND {retried_as} = %s AND {status} = %s)")
+            params += [record.task_id, record.retried_as, record.status]
+    for state, ids_in_state in unclaimed.items():
+        conditions.append(
+            f"({task_id} IN ({', '.join(['%s'] * len(ids_in_state))}) AND {retried_as} IS NULL AND {status} = %s)"
+        )
+        params += [*ids_in_state, state]
     if not conditions:
         return []
     case = f"CASE {task_id} {' '.join(['WHEN %s THEN %s'] * len(new_ids))} END"
@@ -102,14 +114,23 @@ def _claim(
             [value for pair in new_ids.items() for value in pair] + params,
         )
         cursor.execute(
-            f"SELECT {task_id}, {retried_as} FROM {table} WHERE {task_id} IN ({', '.join(['%s'] * len(ids))})", ids
+            f"SELECT {task_id}, {retried_as}, {status} FROM {table} "
+            f"WHERE {task_id} IN ({', '.join(['%s'] * len(ids))})",
+            ids,
         )
-        ours = set(cursor.fetchall())
+        now = {(found_id, claim): state for found_id, claim, state in cursor.fetchall()}
     claimed = []
     for record in records:
-        if (record.task_id, new_ids[record.task_id]) in ours:
-            ours.discard((record.task_id, new_ids[record.task_id]))  # a record listed twice is sent once
+        key = (record.task_id, new_ids[record.task_id])
+        if key in now:
+            del now[key]  # a record listed twice is sent once
             claimed.append(record)
+            continue
+        found = next((s for (found_id, _claim), s in now.items() if found_id == record.task_id), None)
+        if found is not None and found != record.status:
+            refused[record.task_id] = _("its state changed to %(state)s since it was read") % {"state": found}
+        else:
+            refused[record.task_id] = _("retried by someone else at the same time")
     return claimed
 
 
@@ -163,25 +184,50 @@ def retry_records(
     for start in range(0, len(pending), CHUNK):
         chunk = pending[start : start + CHUNK]
         new_ids = {record.task_id: str(uuid.uuid4()) for record in chunk}
-        claimed = _claim(chunk, new_ids, force, connection)
-        claimed_ids = {record.task_id for record in claimed}
-        for record in chunk:
-            if record.task_id not in claimed_ids:
-                report.refused[record.task_id] = _("retried by someone else at the same time")
+        claimed = _claim(chunk, new_ids, force, connection, report.refused)
         now = timezone.now()
         # A task whose result is ignored gets no record: no worker would finish it.
         rows = [_new_row(r, new_ids[r.task_id], now) for r in claimed if not is_ignored(r.task or "")]
-        write_records(rows, using)
+        try:
+            write_records(rows, using)
+        except Exception as exc:
+            # Nothing is sent without its record: the claims are given back.
+            try:
+                _unclaim(connection, claimed, new_ids)
+            except Exception:
+                logger.exception(
+                    "Could not give back the retry claims of %d records (retry them with force): %s",
+                    len(claimed),
+                    ", ".join(r.task_id for r in claimed),
+                )
+            for record in claimed:
+                report.refused[record.task_id] = _("not sent: its new record could not be written: %(error)s") % {
+                    "error": exc
+                }
+            continue
         _send(app, claimed, new_ids, report, connection)
         if progress:
             progress(len(claimed))
     return report
 
 
+def _unclaim(connection: Any, records: list[TaskResultMeta], new_ids: dict[str, str]) -> None:
+    """Give back the claims on records whose new task was not sent, and drop their new records."""
+    table, task_id, retried_as = _names(connection)
+    status = connection.ops.quote_name("status")
+    with connection.cursor() as cursor:
+        for record in records:
+            new_id = new_ids[record.task_id]
+            cursor.execute(
+                f"UPDATE {table} SET {retried_as} = %s WHERE {task_id} = %s AND {retried_as} = %s",
+                [record.retried_as, record.task_id, new_id],
+            )
+            cursor.execute(f"DELETE FROM {table} WHERE {task_id} = %s AND {status} = %s", [new_id, states.PENDING])
+
+
 def _send(
     app: Any, claimed: list[TaskResultMeta], new_ids: dict[str, str], report: RetryReport, connection: Any
 ) -> None:
-    table, task_id, retried_as = _names(connection)
     with already_recorded(list(new_ids.values())), app.producer_or_acquire() as producer:
         for record in claimed:
             new_id = new_ids[record.task_id]
@@ -192,15 +238,7 @@ def _send(
                 )
             except Exception as exc:
                 # Not sent: undo the claim and the new record, and say why.
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        f"UPDATE {table} SET {retried_as} = %s WHERE {task_id} = %s AND {retried_as} = %s",
-                        [record.retried_as, record.task_id, new_id],
-                    )
-                    cursor.execute(
-                        f"DELETE FROM {table} WHERE {task_id} = %s AND {connection.ops.quote_name('status')} = %s",
-                        [new_id, states.PENDING],
-                    )
+                _unclaim(connection, [record], new_ids)
                 report.refused[record.task_id] = _("could not be sent: %(error)s") % {"error": exc}
             else:
                 report.sent[record.task_id] = new_id

@@ -108,6 +108,14 @@ def test_json_output_is_one_document_with_the_kind() -> None:
     assert document["window_seconds"] == 3600
 
 
+def test_a_window_of_zero_is_zero_not_the_default() -> None:
+    make("a-minute-old", "app.work", age=timedelta(minutes=1))
+    document = json.loads(run("--hours", "0", "--format", "json"))
+    assert document["window_seconds"] == 0
+    assert [task["task_id"] for task in document["tasks"]] == ["a-minute-old"]
+    assert json.loads(run("--format", "json"))["window_seconds"] == 3600  # no unit given: the default
+
+
 def test_text_output_can_name_the_kind() -> None:
     make("lost", "app.work")
     assert run("--kind").endswith(": app.work [never_started]\n")

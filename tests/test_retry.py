@@ -11,6 +11,7 @@ from celery import Celery, states
 from django.utils import timezone
 
 from django_celery_fulldbresult.models import TaskResultMeta
+from django_celery_fulldbresult.retry import retry_records
 from testcelery import tasks
 from testcelery.celery import app
 
@@ -20,8 +21,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def stored(task_id: str, task: str = "testcelery.tasks.add", args: str = "[1, 2]", **fields: Any) -> TaskResultMeta:
+    fields.setdefault("status", states.FAILURE)
     return TaskResultMeta.objects.create(
-        task_id=task_id, task=task, status=states.FAILURE, args=args, kwargs="{}", date_done=timezone.now(), **fields
+        task_id=task_id, task=task, args=args, kwargs="{}", date_done=timezone.now(), **fields
     )
 
 
@@ -125,3 +127,45 @@ def test_the_seeds_way_of_retrying_works(worker: Any) -> None:
     again = celery_app.send_task(task_name, args=task_args, kwargs=task_kwargs)
 
     assert again.get(timeout=30) == expected
+
+
+def test_a_record_whose_state_changed_since_it_was_read_is_not_sent(parked: str) -> None:
+    """A stale task a worker starts meanwhile (or a list read from a replica behind) must not run twice."""
+    stored("lost", status=states.PENDING, queue=parked)
+    listed = list(TaskResultMeta.objects.filter(task_id="lost"))  # what the operator's list shows
+    TaskResultMeta.objects.filter(task_id="lost").update(status=states.STARTED)  # a worker took it meanwhile
+    report = retry_records(listed)
+    assert not report.sent
+    assert report.refused["lost"] == "its state changed to STARTED since it was read"
+    assert TaskResultMeta.objects.get(task_id="lost").retried_as is None
+    assert not TaskResultMeta.objects.filter(retry_of="lost").exists()
+    assert retry_records(TaskResultMeta.objects.filter(task_id="lost")).sent, "read again, it can be sent"
+
+
+def test_arguments_kombu_cannot_rebuild_are_refused_and_the_rest_is_sent(parked: str) -> None:
+    for task_id, value in [("decimal", '"x"'), ("uuid", "5"), ("bytes", "5")]:
+        stored(f"bad-{task_id}", args='[{"__type__": "%s", "__value__": %s}]' % (task_id, value), queue=parked)
+    stored("good", queue=parked)
+    report = TaskResultMeta.objects.filter(task_id__in=["bad-decimal", "bad-uuid", "bad-bytes", "good"]).retry()
+    assert list(report.sent) == ["good"]
+    assert sorted(report.refused) == ["bad-bytes", "bad-decimal", "bad-uuid"]
+    assert all(reason.startswith("the stored arguments cannot be decoded") for reason in report.refused.values())
+
+
+def test_nothing_is_sent_when_its_new_record_cannot_be_written(parked: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db.utils import OperationalError
+
+    from django_celery_fulldbresult import retry
+
+    stored("lost", status=states.PENDING, queue=parked)
+    sent: list[str] = []
+    monkeypatch.setattr(app, "send_task", lambda *args, **kwargs: sent.append(kwargs["task_id"]))
+
+    def refused_write(*args: Any, **kwargs: Any) -> None:  # (the database failing between the claim and the record)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(retry, "write_records", refused_write)
+    report = TaskResultMeta.objects.filter(task_id="lost").retry()
+    assert not report.sent and not sent
+    assert report.refused["lost"].startswith("not sent: its new record could not be written: server closed")
+    assert TaskResultMeta.objects.get(task_id="lost").retried_as is None, "the claim was given back"

@@ -52,7 +52,7 @@ class Command(BaseCommand):
             parser.add_argument(
                 f"--{unit}",
                 type=_non_negative_number,
-                default=0,
+                default=None,
                 help=_("Add this many %(unit)s to the window.") % {"unit": unit},
             )
         parser.add_argument(
@@ -103,10 +103,11 @@ class Command(BaseCommand):
         )
 
     def window(self, options: dict[str, Any]) -> timedelta:
-        if not any(options[unit] for unit in UNITS):
+        given = {unit: options[unit] for unit in UNITS if options[unit] is not None}
+        if not given:  # (--hours 0 is a window of zero, not the default)
             return app_settings.STALE_AFTER
         try:
-            window = timedelta(**{unit: options[unit] for unit in UNITS})
+            window = timedelta(**given)
         except OverflowError:
             raise CommandError(_("The window is too large.")) from None
         if window > MAX_WINDOW:
