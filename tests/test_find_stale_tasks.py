@@ -173,3 +173,8 @@ def test_retry_sends_each_stale_task_once(worker: Any) -> None:
     assert "Not retried lost-1: already retried as" in err.getvalue()
     assert "Not retried slow: not lost (running): not sent again" in err.getvalue()
     assert TaskResultMeta.objects.filter(retry_of__in=["lost-1", "lost-2"]).count() == 2
+
+    # A probe after the retry: the originals were dealt with; only what is still lost counts.
+    assert "lost-1" in run("--hours", "1")
+    with pytest.raises(CommandError, match="1 stale task found"):
+        run("--hours", "1", "--not-retried", "--fail-if-found")  # the slow one, still running

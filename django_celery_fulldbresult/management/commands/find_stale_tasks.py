@@ -99,6 +99,14 @@ class Command(BaseCommand):
             "--fail-if-found", action="store_true", help=_("Exit with status 1 when stale tasks are found.")
         )
         parser.add_argument(
+            "--not-retried",
+            action="store_true",
+            help=_(
+                "Leave out the tasks sent again already (their new task has a record of its own): with "
+                "--fail-if-found, a probe clears once the lost tasks are retried."
+            ),
+        )
+        parser.add_argument(
             "--limit", type=int, default=None, help=_("List at most this many tasks (the oldest first).")
         )
 
@@ -128,6 +136,8 @@ class Command(BaseCommand):
             stale = stale.filter(task__in=options["task_names"])
         if options["queues"]:
             stale = stale.filter(queue__in=options["queues"])
+        if options["not_retried"]:
+            stale = stale.filter(retried_as__isnull=True)
         want_kind = options["format"] == "json" or options["kind"] or options["retry"]
         if want_kind:
             stale = stale.with_stale_kind()
