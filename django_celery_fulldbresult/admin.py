@@ -38,7 +38,7 @@ from django.views.decorators.http import require_POST
 from . import managers
 from .conf import app_settings
 from .models import TaskResultMeta
-from .retry import RetryReport, retry_records
+from .retry import RetryReport
 from .serialization import clean_text, decode_result
 
 #: Exact counts stop here; the list pages stop here too (filter or search to go further back).
@@ -590,7 +590,8 @@ class TaskResultMetaAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         record = self.get_object(request, object_id)
         if record is None:
             raise Http404
-        self.report_retry(request, retry_records([record], force=request.POST.get("force") == "1"))
+        # Written where the router writes (the database the record was read from, without a router).
+        self.report_retry(request, record.retry(force=request.POST.get("force") == "1"))
         url = reverse(f"{self.admin_site.name}:django_celery_fulldbresult_taskresultmeta_change", args=[record.pk])
         return HttpResponseRedirect(url)
 
@@ -605,7 +606,9 @@ class TaskResultMetaAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[Any], force: bool) -> None:
         """Send the selection again, unless it is too big for one click ("select all" can reach millions)."""
         if queryset.order_by()[: RETRY_ACTION_LIMIT + 1].count() <= RETRY_ACTION_LIMIT:
-            self.report_retry(request, retry_records(queryset.defer(None), force=force))
+            # On the selection's database when the admin chose one (.using(), Django's multi-database recipe).
+            records: managers.TaskResultMetaQuerySet = queryset  # type: ignore[assignment]
+            self.report_retry(request, records.retry(force=force))
             return
         message = gettext(
             "Nothing was sent: more than %(limit)d tasks are selected, and the admin sends at most %(limit)d "

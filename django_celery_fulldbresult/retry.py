@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 
 #: How many records are claimed, written and sent per round.
 CHUNK = 500
+#: What a retry reads of a record (``QuerySet.retry()``, the admin): not the
+#: result, traceback or meta, which can be large and are not sent.
+RETRY_FIELDS = (
+    "task_id", "task", "status", "args", "kwargs", "not_retryable_reason", "retried_as",
+    "exchange", "routing_key", "queue", "priority", "periodic_task_name",
+)  # fmt: skip
 
 
 @dataclass

@@ -169,3 +169,20 @@ def test_nothing_is_sent_when_its_new_record_cannot_be_written(parked: str, monk
     assert not report.sent and not sent
     assert report.refused["lost"].startswith("not sent: its new record could not be written: server closed")
     assert TaskResultMeta.objects.get(task_id="lost").retried_as is None, "the claim was given back"
+
+
+@pytest.mark.parametrize("count", [3, 30])
+def test_a_queryset_retry_reads_what_it_sends_not_the_results(parked: str, count: int) -> None:
+    """Big results and tracebacks stay in the database; the statements do not grow with the records."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for n in range(count):
+        stored(f"big-{n}", queue=parked, encoded_result='"' + "x" * 100_000 + '"', traceback="Traceback " * 1000)
+    selection = TaskResultMeta.objects.filter(task_id__startswith="big-").defer("args")  # (as the admin's list does)
+    with CaptureQueriesContext(connection) as queries:
+        report = selection.retry()
+    assert len(report.sent) == count
+    read = queries.captured_queries[0]["sql"]
+    assert '"args"' in read.replace("`", '"') and "traceback" not in read and '"result"' not in read.replace("`", '"')
+    assert len(queries) == 4, "read, claim, claims read back, new records"
