@@ -38,7 +38,7 @@ from django.views.decorators.http import require_POST
 from . import managers
 from .conf import app_settings
 from .models import TaskResultMeta
-from .retry import RetryReport
+from .retry import RetryReport, retry_queryset
 from .serialization import clean_text, decode_result
 
 #: Exact counts stop here; the list pages stop here too (filter or search to go further back).
@@ -607,8 +607,7 @@ class TaskResultMetaAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         """Send the selection again, unless it is too big for one click ("select all" can reach millions)."""
         if queryset.order_by()[: RETRY_ACTION_LIMIT + 1].count() <= RETRY_ACTION_LIMIT:
             # On the selection's database when the admin chose one (.using(), Django's multi-database recipe).
-            records: managers.TaskResultMetaQuerySet = queryset  # type: ignore[assignment]
-            self.report_retry(request, records.retry(force=force))
+            self.report_retry(request, retry_queryset(queryset, force=force))
             return
         message = gettext(
             "Nothing was sent: more than %(limit)d tasks are selected, and the admin sends at most %(limit)d "

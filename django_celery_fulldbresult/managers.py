@@ -140,11 +140,9 @@ class TaskResultMetaQuerySet(models.QuerySet["TaskResultMeta"]):
 
     def retry(self, force: bool = False, app: Any = None) -> RetryReport:
         """Send each record's task again; see :mod:`django_celery_fulldbresult.retry`."""
-        from .retry import RETRY_FIELDS, retry_records
+        from .retry import retry_queryset
 
-        # (defer(None) first: only() keeps deferred what an earlier defer() named, the arguments too.)
-        records = self.defer(None).only(*RETRY_FIELDS)
-        return retry_records(records, force=force, app=app, using=self.write_alias())
+        return retry_queryset(self, force=force, app=app)
 
     def write_alias(self) -> str:
         """Where this QuerySet's writes go: the router's write database (not a

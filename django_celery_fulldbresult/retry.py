@@ -36,7 +36,7 @@ CHUNK = 500
 #: What a retry reads of a record (``QuerySet.retry()``, the admin): not the
 #: result, traceback or meta, which can be large and are not sent.
 RETRY_FIELDS = (
-    "task_id", "task", "status", "args", "kwargs", "not_retryable_reason", "retried_as",
+    "task_id", "task", "status", "date_done", "args", "kwargs", "not_retryable_reason", "retried_as",
     "exchange", "routing_key", "queue", "priority", "periodic_task_name",
 )  # fmt: skip
 
@@ -83,20 +83,22 @@ def _routing(record: TaskResultMeta) -> dict[str, Any]:
 def _claim(
     records: list[TaskResultMeta], new_ids: dict[str, str], force: bool, connection: Any, refused: dict[str, str]
 ) -> list[TaskResultMeta]:
-    """Set ``retried_as`` on the records nobody else claimed first, and still in the state read; return those.
+    """Set ``retried_as`` on the records nobody else claimed first, and unchanged since read; return those.
 
     One UPDATE for the whole chunk (a CASE gives each record its new id), then
     one SELECT to see which claims are ours: two statements per chunk, not
     one per record, which is what makes 10,000 retries take seconds. A record
     read unclaimed is claimed only if it still is; a forced retry replaces
     only the claim it read, so two forced retries at once send once. And a
-    record whose state changed since it was read (a stale task a worker
-    started or finished meanwhile, the list read from a replica behind) is
-    not claimed: it would run twice. The records not claimed get their
-    reason in ``refused``.
+    record that changed since it was read (its state, or the time of its
+    last state change: a stale task a worker started, finished or took again
+    meanwhile, a list read from a replica behind) is not claimed: it would
+    run twice. The records not claimed get their reason in ``refused``.
+    (``records`` holds each task id once.)
     """
     table, task_id, retried_as = _names(connection)
-    status = connection.ops.quote_name("status")
+    status, date_done = connection.ops.quote_name("status"), connection.ops.quote_name("date_done")
+    adapt = connection.ops.adapt_datetimefield_value  # as the ORM compares datetimes on this database
     conditions, params = [], []
     unclaimed: dict[str, list[str]] = {}  # by the state read: a few groups, however many records
     for record in records:
@@ -112,31 +114,34 @@ def _claim(
         params += [*ids_in_state, state]
     if not conditions:
         return []
-    case = f"CASE {task_id} {' '.join(['WHEN %s THEN %s'] * len(new_ids))} END"
     ids = list(new_ids)
+    pairs = " ".join(["WHEN %s THEN %s"] * len(ids))
+    read_at = [value for record in records for value in (record.task_id, adapt(record.date_done))]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET {retried_as} = {case} WHERE {' OR '.join(conditions)}",
-            [value for pair in new_ids.items() for value in pair] + params,
+            f"UPDATE {table} SET {retried_as} = CASE {task_id} {pairs} END "
+            f"WHERE ({' OR '.join(conditions)}) AND {date_done} = CASE {task_id} {pairs} END",
+            [value for pair in new_ids.items() for value in pair] + params + read_at,
         )
         cursor.execute(
             f"SELECT {task_id}, {retried_as}, {status} FROM {table} "
             f"WHERE {task_id} IN ({', '.join(['%s'] * len(ids))})",
             ids,
         )
-        now = {(found_id, claim): state for found_id, claim, state in cursor.fetchall()}
+        now = {found_id: (claim, state) for found_id, claim, state in cursor.fetchall()}
     claimed = []
     for record in records:
-        key = (record.task_id, new_ids[record.task_id])
-        if key in now:
-            del now[key]  # a record listed twice is sent once
+        claim, state = now.get(record.task_id, (None, None))
+        if state is None:
+            refused[record.task_id] = _("the record no longer exists")
+        elif claim == new_ids[record.task_id]:
             claimed.append(record)
-            continue
-        found = next((s for (found_id, _claim), s in now.items() if found_id == record.task_id), None)
-        if found is not None and found != record.status:
-            refused[record.task_id] = _("its state changed to %(state)s since it was read") % {"state": found}
-        else:
+        elif claim != record.retried_as:
             refused[record.task_id] = _("retried by someone else at the same time")
+        elif state != record.status:
+            refused[record.task_id] = _("its state changed to %(state)s since it was read") % {"state": state}
+        else:
+            refused[record.task_id] = _("it changed since it was read (a new %(state)s)") % {"state": state}
     return claimed
 
 
@@ -165,6 +170,19 @@ def _new_row(record: TaskResultMeta, new_id: str, now: Any) -> dict[str, Any]:
     }
 
 
+def retry_queryset(queryset: Any, force: bool = False, app: Any = None) -> RetryReport:
+    """``QuerySet.retry()`` and the admin's actions: read only what a retry sends; write where the queryset writes.
+
+    That is the database the queryset chose (``.using()``), else the router's
+    write database (not a read replica the records may be read from).
+    """
+    using = getattr(queryset, "_db", None) or router.db_for_write(queryset.model)
+    if not queryset.query.combinator:  # (union() and the like take no defer() or only())
+        # defer(None) first: only() keeps deferred what an earlier defer() named, the arguments too.
+        queryset = queryset.defer(None).only(*RETRY_FIELDS)
+    return retry_records(queryset, force=force, app=app, using=using)
+
+
 def retry_records(
     records: Iterable[TaskResultMeta],
     force: bool = False,
@@ -178,7 +196,11 @@ def retry_records(
     using = using or router.db_for_write(TaskResultMeta)
     report = RetryReport()
     pending: list[TaskResultMeta] = []
+    listed: set[str] = set()
     for record in records:
+        if record.task_id in listed:  # listed twice: sent (or refused) once
+            continue
+        listed.add(record.task_id)
         reason = refusal(record, force)
         if reason is None:
             pending.append(record)
@@ -198,6 +220,7 @@ def retry_records(
             write_records(rows, using)
         except Exception as exc:
             # Nothing is sent without its record: the claims are given back.
+            reason = _("not sent: its new record could not be written: %(error)s") % {"error": exc}
             try:
                 _unclaim(connection, claimed, new_ids)
             except Exception:
@@ -206,10 +229,9 @@ def retry_records(
                     len(claimed),
                     ", ".join(r.task_id for r in claimed),
                 )
+                reason += " " + _("(and its claim could not be given back: retry it with force)")
             for record in claimed:
-                report.refused[record.task_id] = _("not sent: its new record could not be written: %(error)s") % {
-                    "error": exc
-                }
+                report.refused[record.task_id] = reason
             continue
         _send(app, claimed, new_ids, report, connection)
         if progress:

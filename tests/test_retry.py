@@ -142,6 +142,31 @@ def test_a_record_whose_state_changed_since_it_was_read_is_not_sent(parked: str)
     assert retry_records(TaskResultMeta.objects.filter(task_id="lost")).sent, "read again, it can be sent"
 
 
+def test_a_task_started_again_since_it_was_read_is_not_sent(parked: str) -> None:
+    """STARTED before and after: its worker died, and the broker gave the task to another worker meanwhile."""
+    from celery.app.task import Context
+
+    request = Context(id="redelivered", task="testcelery.tasks.add", args=[1, 2], kwargs={}, hostname="celery@gone")
+    app.backend.store_result("redelivered", None, states.STARTED, request=request)
+    listed = list(TaskResultMeta.objects.filter(task_id="redelivered"))
+    request.hostname = "celery@alive"
+    app.backend.store_result("redelivered", None, states.STARTED, request=request)  # the other worker's
+    report = retry_records(listed)
+    assert not report.sent
+    assert report.refused["redelivered"] == "it changed since it was read (a new STARTED)"
+
+
+def test_each_task_is_sent_once_and_a_vanished_record_is_said_so(parked: str) -> None:
+    stored("twice", queue=parked)
+    stored("gone", queue=parked)
+    listed = list(TaskResultMeta.objects.filter(task_id__in=["twice", "gone"]).order_by("task_id"))
+    TaskResultMeta.objects.filter(task_id="gone").delete()  # a clean-up meanwhile
+    report = retry_records([*listed, listed[1]])  # "twice" listed twice
+    assert list(report.sent) == ["twice"]
+    assert report.refused == {"gone": "the record no longer exists"}
+    assert TaskResultMeta.objects.filter(retry_of="twice").count() == 1
+
+
 def test_arguments_kombu_cannot_rebuild_are_refused_and_the_rest_is_sent(parked: str) -> None:
     for task_id, value in [("decimal", '"x"'), ("uuid", "5"), ("bytes", "5")]:
         stored(f"bad-{task_id}", args='[{"__type__": "%s", "__value__": %s}]' % (task_id, value), queue=parked)
@@ -186,3 +211,21 @@ def test_a_queryset_retry_reads_what_it_sends_not_the_results(parked: str, count
     read = queries.captured_queries[0]["sql"]
     assert '"args"' in read.replace("`", '"') and "traceback" not in read and '"result"' not in read.replace("`", '"')
     assert len(queries) == 4, "read, claim, claims read back, new records"
+
+
+def test_any_queryset_of_records_can_be_retried(parked: str) -> None:
+    """A union of selections, and a plain QuerySet (a ModelAdmin of a user's own, over a proxy model)."""
+    from django.db.models import QuerySet
+
+    from django_celery_fulldbresult.retry import retry_queryset
+
+    for task_id in ("a", "b", "c"):
+        stored(task_id, queue=parked)
+    # (Unordered parts: SQLite takes no ORDER BY inside a union.)
+    union = (
+        TaskResultMeta.objects.filter(task_id="a")
+        .order_by()
+        .union(TaskResultMeta.objects.filter(task_id="b").order_by())
+    )
+    assert sorted(union.retry().sent) == ["a", "b"]
+    assert list(retry_queryset(QuerySet(TaskResultMeta).filter(task_id="c")).sent) == ["c"]
