@@ -100,28 +100,25 @@ def _claim(
     status, date_done = connection.ops.quote_name("status"), connection.ops.quote_name("date_done")
     adapt = connection.ops.adapt_datetimefield_value  # as the ORM compares datetimes on this database
     conditions, params = [], []
-    unclaimed: dict[str, list[str]] = {}  # by the state read: a few groups, however many records
+    unclaimed: dict[str, list[TaskResultMeta]] = {}  # by the state read: a few groups, however many records
     for record in records:
         if not record.retried_as:
-            unclaimed.setdefault(record.status, []).append(record.task_id)
+            unclaimed.setdefault(record.status, []).append(record)
         elif force:
-            conditions.append(f"({task_id} = %s AND {retried_as} = %s AND {status} = %s)")
-            params += [record.task_id, record.retried_as, record.status]
-    for state, ids_in_state in unclaimed.items():
-        conditions.append(
-            f"({task_id} IN ({', '.join(['%s'] * len(ids_in_state))}) AND {retried_as} IS NULL AND {status} = %s)"
-        )
-        params += [*ids_in_state, state]
+            conditions.append(f"({task_id} = %s AND {date_done} = %s AND {retried_as} = %s AND {status} = %s)")
+            params += [record.task_id, adapt(record.date_done), record.retried_as, record.status]
+    each = f"({task_id} = %s AND {date_done} = %s)"
+    for state, in_state in unclaimed.items():
+        conditions.append(f"({retried_as} IS NULL AND {status} = %s AND ({' OR '.join([each] * len(in_state))}))")
+        params += [state, *(value for record in in_state for value in (record.task_id, adapt(record.date_done)))]
     if not conditions:
         return []
     ids = list(new_ids)
-    pairs = " ".join(["WHEN %s THEN %s"] * len(ids))
-    read_at = [value for record in records for value in (record.task_id, adapt(record.date_done))]
+    case = f"CASE {task_id} {' '.join(['WHEN %s THEN %s'] * len(ids))} END"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET {retried_as} = CASE {task_id} {pairs} END "
-            f"WHERE ({' OR '.join(conditions)}) AND {date_done} = CASE {task_id} {pairs} END",
-            [value for pair in new_ids.items() for value in pair] + params + read_at,
+            f"UPDATE {table} SET {retried_as} = {case} WHERE {' OR '.join(conditions)}",
+            [value for pair in new_ids.items() for value in pair] + params,
         )
         cursor.execute(
             f"SELECT {task_id}, {retried_as}, {status} FROM {table} "
