@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -133,7 +134,8 @@ def test_a_record_whose_state_changed_since_it_was_read_is_not_sent(parked: str)
     """A stale task a worker starts meanwhile (or a list read from a replica behind) must not run twice."""
     stored("lost", status=states.PENDING, queue=parked)
     listed = list(TaskResultMeta.objects.filter(task_id="lost"))  # what the operator's list shows
-    TaskResultMeta.objects.filter(task_id="lost").update(status=states.STARTED)  # a worker took it meanwhile
+    time.sleep(0.01)  # (a later time of change, whatever the clock's resolution)
+    app.backend.store_result("lost", None, states.STARTED)  # a worker took it meanwhile
     report = retry_records(listed)
     assert not report.sent
     assert report.refused["lost"] == "its state changed to STARTED since it was read"
@@ -150,6 +152,7 @@ def test_a_task_started_again_since_it_was_read_is_not_sent(parked: str) -> None
     app.backend.store_result("redelivered", None, states.STARTED, request=request)
     listed = list(TaskResultMeta.objects.filter(task_id="redelivered"))
     request.hostname = "celery@alive"
+    time.sleep(0.01)  # (a later time of change, whatever the clock's resolution)
     app.backend.store_result("redelivered", None, states.STARTED, request=request)  # the other worker's
     report = retry_records(listed)
     assert not report.sent

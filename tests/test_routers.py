@@ -150,6 +150,7 @@ class ReplicaRouter:
 def replicated_stale_record(queue: str) -> str:
     """The same stale record on the primary and on its replica."""
     task_id = str(uuid.uuid4())
+    when = timezone.now() - timedelta(days=3)  # (a replica's copy changed at the same time)
     for alias in ("results", "default"):
         TaskResultMeta.objects.using(alias).create(
             task_id=task_id,
@@ -158,7 +159,7 @@ def replicated_stale_record(queue: str) -> str:
             args="[1, 2]",
             kwargs="{}",
             queue=queue,
-            date_done=timezone.now() - timedelta(days=3),
+            date_done=when,
         )
     return task_id
 
@@ -174,6 +175,18 @@ def test_retry_writes_to_the_primary_when_reads_go_to_a_replica(queue: str, how:
     new_id = report.sent[task_id]
     assert where(new_id) == {"results"}
     assert TaskResultMeta.objects.using("results").get(task_id=task_id).retried_as == new_id
+
+
+def test_a_replica_behind_the_primary_gets_no_retry_sent(queue: str) -> None:
+    """Listed from a replica that has not seen the task's last change: refused, as a stale read."""
+    task_id = replicated_stale_record(queue)
+    TaskResultMeta.objects.using("results").filter(task_id=task_id).update(
+        status=states.STARTED, date_done=timezone.now()
+    )  # a worker took it again; the replica does not know yet
+    with override_settings(DATABASE_ROUTERS=[f"{__name__}.ReplicaRouter"]):
+        report = TaskResultMeta.objects.filter(task_id=task_id).retry()
+    assert not report.sent
+    assert report.refused[task_id] == "its state changed to STARTED since it was read"
 
 
 def test_expired_records_are_deleted_on_the_primary() -> None:
