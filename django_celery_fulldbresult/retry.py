@@ -235,7 +235,7 @@ def retry_records(
     # Claims and new records are written outside the caller's transaction,
     # as publish records are: the messages go out whatever the caller does.
     connection = connection_for_records(using)
-    # SQLite before 3.32 takes 999 parameters a statement, the claim's six a record.
+    # SQLite before 3.32 takes 999 parameters a statement: CLAIM_PARAMETERS a record.
     size = min(CHUNK, _rows_per_statement(connection, CHUNK, CLAIM_PARAMETERS) or CHUNK)
     for start in range(0, len(pending), size):
         chunk = pending[start : start + size]
