@@ -646,10 +646,28 @@ def _id_prefix(word: str) -> Q:
     it when comparing.
     """
     stem = word.rstrip("-_.:")
-    if not stem or ord(stem[-1]) >= 0x10FFFF:
-        return Q(task_id=word)
-    upper = stem[:-1] + chr(ord(stem[-1]) + 1)
+    upper = _above_prefix(stem)
+    if upper is None:
+        return Q(task_id__startswith=word)
     return Q(task_id__gte=stem, task_id__lt=upper, task_id__startswith=word)
+
+
+def _above_prefix(stem: str) -> str | None:
+    """A string above every string that begins with ``stem``, whatever the collation; None if there is none here.
+
+    Its last letter or digit that has a next one of its kind, stepped, and
+    what follows it dropped: "ab9" -> "aba", "a-z" -> "b". Not the last
+    character plus one: "9" + 1 is ":", which Unicode collations
+    (utf8mb4_unicode_ci, ICU, glibc's) sort before the digits, so an id ending
+    in 9 was not found.
+    """
+    for at in range(len(stem) - 1, -1, -1):
+        char = stem[at]
+        if char == "9":
+            return stem[:at] + "a"  # (digits sort before letters everywhere)
+        if "0" <= char < "9" or "a" <= char < "z" or "A" <= char < "Z":
+            return stem[:at] + chr(ord(char) + 1)
+    return None
 
 
 def _id_list(ids: Any) -> str:

@@ -171,6 +171,17 @@ def test_search_by_id_does_not_scan_with_like_contains(admin_client: Client) -> 
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("task_id", ["2f1c-9", "2f1c-z", "2f1c-Z", "2f1c-", "zz9"])
+def test_search_finds_an_id_whatever_its_last_character(admin_client: Client, task_id: str) -> None:
+    """Unicode collations (the test database's utf8mb4_unicode_ci) sort ":" before "9": the range must not end there."""
+    wanted = record(task_id=task_id)
+    record(task_id=task_id + "0")  # begins with it: found too
+    record(task_id="2f1d")  # does not
+    found = listed_ids(admin_client.get(reverse(CHANGELIST), {"q": task_id}))
+    assert found == {wanted.task_id, task_id + "0"}
+
+
+@pytest.mark.django_db
 def test_sorting_by_a_column_follows_its_index_one_way(admin_client: Client) -> None:
     now = timezone.now()
     b_old = record(task="b", date_done=now - timedelta(hours=2))
