@@ -82,6 +82,21 @@ def _backend_messages() -> list[CheckMessage]:
                 id=ID + "W003",
             )
         )
+    if app_settings.TRACK_PUBLISH and not getattr(settings, "CELERY_TASK_TRACK_STARTED", False):
+        messages.append(
+            Warning(
+                _(
+                    "%(setting)s is on without CELERY_TASK_TRACK_STARTED: a running task stays PENDING until it "
+                    "ends, so stale detection takes it for one never started, and retrying it runs it twice."
+                )
+                % {"setting": PREFIX + "TRACK_PUBLISH"},
+                hint=_(
+                    "Set CELERY_TASK_TRACK_STARTED = True (or silence this check if every task has "
+                    "track_started=True)."
+                ),
+                id=ID + "W006",
+            )
+        )
     messages.extend(_sqlite_messages())
     return messages
 

@@ -97,6 +97,16 @@ def test_w003_connections_closed_after_every_task() -> None:
         assert ids() == ["W003"]
 
 
+def test_w006_track_publish_without_track_started() -> None:
+    with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=True, CELERY_TASK_TRACK_STARTED=False):
+        assert ids() == ["W006"]
+    with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=True, CELERY_TASK_TRACK_STARTED=True):
+        assert ids() == []
+    # Without publish tracking a running task has no record yet: nothing to mistake.
+    with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=False, CELERY_TASK_TRACK_STARTED=False):
+        assert ids() == []
+
+
 def sqlite_databases(options: dict[str, Any]) -> dict[str, Any]:
     databases = copy.deepcopy(settings.DATABASES)
     databases["default"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": "x.sqlite3", "OPTIONS": options}
