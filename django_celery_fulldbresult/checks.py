@@ -91,8 +91,7 @@ def _backend_messages() -> list[CheckMessage]:
                 )
                 % {"setting": PREFIX + "TRACK_PUBLISH"},
                 hint=_(
-                    "Set CELERY_TASK_TRACK_STARTED = True (or silence this check if every task has "
-                    "track_started=True)."
+                    "Set CELERY_TASK_TRACK_STARTED = True (or silence this check if every task has track_started=True)."
                 ),
                 id=ID + "W006",
             )

@@ -385,8 +385,8 @@ def _state_sql(connection: BaseDatabaseWrapper, params: list[Any]) -> str:
 STATE_FUNCTION = "fulldbresult_store_state_1"
 #: How long a process writes the statement itself after finding the function missing, before it looks again.
 STATE_FUNCTION_RECHECK_SECONDS = 300.0
-#: (alias, database name) -> True once the function answered, or the time until which it is taken as missing.
-_STATE_FUNCTION: dict[tuple[str, str], Any] = {}
+#: :func:`_state_function_key` -> True once the function answered, or the time until which it is taken as missing.
+_STATE_FUNCTION: dict[tuple[str, str, str | None], Any] = {}
 #: PostgreSQL's SQLSTATEs for "function ... does not exist" and "permission denied".
 UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE = "42883", "42501"
 
@@ -411,7 +411,7 @@ def _state_function_usable(connection: BaseDatabaseWrapper) -> bool:
     the catalog every :data:`STATE_FUNCTION_RECHECK_SECONDS`, never called
     blindly again.
     """
-    key = (connection.alias, connection.settings_dict["NAME"])
+    key = _state_function_key(connection)
     seen = _STATE_FUNCTION.get(key)
     if seen is True:
         return True
@@ -428,12 +428,27 @@ def _state_function_usable(connection: BaseDatabaseWrapper) -> bool:
     return False
 
 
+def _state_function_key(connection: BaseDatabaseWrapper) -> tuple[str, str, str | None]:
+    """Where the function was found or not: the database, and the schema a schema-per-tenant app set.
+
+    django-tenants (and django-tenant-schemas) switch a connection's
+    ``search_path`` from tenant to tenant and name the schema in
+    ``connection.schema_name``. The app's tables and function are in each
+    tenant's schema when it is a tenant app, and ``migrate_schemas`` migrates
+    the tenants one after the other: the function having answered in one
+    schema says nothing of the next (a state write inside a transaction there
+    would have called it blindly, and a missing one aborts the caller's
+    transaction).
+    """
+    return (connection.alias, connection.settings_dict["NAME"], getattr(connection, "schema_name", None))
+
+
 def _in_transaction(connection: BaseDatabaseWrapper) -> bool:
     return connection.in_atomic_block or not connection.get_autocommit()
 
 
 def _call_state_function(connection: BaseDatabaseWrapper, params: list[Any], synchronous: bool) -> None:
-    key = (connection.alias, connection.settings_dict["NAME"])
+    key = _state_function_key(connection)
     try:
         _execute(connection, _state_function_call(), params, synchronous)
     except ProgrammingError as exc:

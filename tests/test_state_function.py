@@ -208,5 +208,34 @@ def test_a_value_the_function_cannot_take_is_not_taken_for_a_missing_function(
     with caplog.at_level(logging.WARNING, logger="django_celery_fulldbresult.upsert"), pytest.raises(DataError):
         upsert.store_state(connection, row)
     assert "is missing" not in caplog.text
-    assert upsert._STATE_FUNCTION == {(connection.alias, connection.settings_dict["NAME"]): True}
+    assert upsert._STATE_FUNCTION == {upsert._state_function_key(connection): True}
     assert called(write("fn-after-huge"))
+
+
+def test_a_tenant_schema_that_lacks_the_function_gets_the_statement_inside_a_transaction() -> None:
+    """django-tenants moves a connection from schema to schema (``search_path``) and names it in
+    ``connection.schema_name``; ``migrate_schemas`` migrates the tenants one by one, so during a deploy one
+    tenant's schema has the function and the next not yet. A state write inside a transaction there (a task's
+    ``update_state()`` in ``atomic()``) must not call it on the strength of another schema's answer: a missing
+    function would abort the caller's transaction."""
+    table = connection.ops.quote_name(TaskResultMeta._meta.db_table)
+    assert called(write("fn-public"))  # answered, in the schema the connection started in
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE SCHEMA fdr_tenant_b")
+        cursor.execute(f"CREATE TABLE fdr_tenant_b.{table} (LIKE public.{table} INCLUDING ALL)")
+    try:
+        connection.schema_name = "fdr_tenant_b"  # what django-tenants' set_schema() does
+        with connection.cursor() as cursor:
+            cursor.execute("SET search_path TO fdr_tenant_b")
+        with transaction.atomic():
+            assert not called(write("fn-tenant-b", "PROGRESS"))
+            assert TaskResultMeta.objects.get(task_id="fn-tenant-b").status == "PROGRESS"
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM fdr_tenant_b.{table} WHERE task_id = 'fn-tenant-b'")
+            assert cursor.fetchone()[0] == 1, "written in the tenant's own table"
+    finally:
+        del connection.schema_name
+        with connection.cursor() as cursor:
+            cursor.execute("RESET search_path")
+            cursor.execute("DROP SCHEMA fdr_tenant_b CASCADE")
+    assert not TaskResultMeta.objects.filter(task_id="fn-tenant-b").exists()

@@ -61,7 +61,7 @@ def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
         monkeypatch.setattr(upsert, "_STATE_FUNCTION", {})
         connection.close()
         yield request.param
-        assert upsert._STATE_FUNCTION == {(connection.alias, connection.settings_dict["NAME"]): True}, "it was used"
+        assert upsert._STATE_FUNCTION == {upsert._state_function_key(connection): True}, "it was used"
         connection.close()
         return
     if request.param == "portable":
