@@ -23,7 +23,7 @@ fixed order would charge that to one mode).
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import random
 import statistics
 import sys
@@ -33,16 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import alternate, parser, rate, report, setup, versions
+from bench.common import alternate, drop_queue, own_queue, parser, purge, rate, report, setup, versions
 
-QUEUE = "fdr-bench-parked"
+QUEUE = own_queue("fdr-bench-parked")
 #: Seconds between two publishes timed alone (longer than the background writer's gathering, 2 ms).
 PAUSE = 0.005
-
-
-def purge(app: Any) -> None:
-    with app.connection_for_write() as conn, contextlib.suppress(Exception):  # not declared yet
-        conn.default_channel.queue_purge(QUEUE)
 
 
 def tracking(on: bool, synchronous: bool = True, background: bool = False) -> None:
@@ -71,7 +66,7 @@ def publishes(
 
             result = rate(count, work)
         publish.flush()  # the next round starts with no write pending
-        purge(app)
+        purge(app, QUEUE)
         return result
 
     return run
@@ -115,7 +110,7 @@ def one_at_a_time(app: Any, task: Any, count: int) -> Callable[[], dict[str, flo
                     task.apply_async((i,), {"payload": "x" * 40}, queue=QUEUE, producer=producer)
                     latencies[name].append(time.perf_counter() - start)
                     publish.flush()
-        purge(app)
+        purge(app, QUEUE)
         return {name: statistics.median(values) for name, values in latencies.items()}
 
     return run
@@ -132,7 +127,7 @@ def groups(app: Any, task: Any, count: int, size: int, on: bool) -> Callable[[],
                 group(task.s(i) for i in range(size)).apply_async(queue=QUEUE)
 
         result = rate(count, work)
-        purge(app)
+        purge(app, QUEUE)
         return result
 
     return run
@@ -185,6 +180,8 @@ def main() -> None:
     from celery import group
 
     from bench.celery_app import app, noop
+
+    atexit.register(drop_queue, app, QUEUE)
     from django_celery_fulldbresult.models import TaskResultMeta
 
     TaskResultMeta.objects.all().delete()
@@ -199,7 +196,7 @@ def main() -> None:
     from django_celery_fulldbresult import publish
 
     publish.flush()
-    purge(app)
+    purge(app, QUEUE)
     print(f"  round-trips per publish, TRACK_PUBLISH on: {len(one)} ({' '.join(one)})")
     print(f"  round-trips per publish, asynchronous commit: {len(asynchronous)} ({' '.join(asynchronous)})")
     print(f"  round-trips per publish in the caller's thread, in background: {len(background)}")

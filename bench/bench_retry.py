@@ -20,7 +20,7 @@ Target: 10,000 records in ≤ 10 s.
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import io
 import statistics
 import sys
@@ -28,13 +28,12 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import parser, setup, versions
+from bench.common import drop_queue, own_queue, parser, purge, setup, versions
 
-QUEUE = "fdr-bench-retry"
+QUEUE = own_queue("fdr-bench-retry")
 
 
 def make_records(count: int) -> None:
@@ -62,11 +61,6 @@ def make_records(count: int) -> None:
         ],
         batch_size=1000,
     )
-
-
-def purge(app: Any) -> None:
-    with app.connection_for_write() as conn, contextlib.suppress(Exception):  # not declared yet
-        conn.default_channel.queue_purge(QUEUE)
 
 
 def by_queryset(count: int) -> float:
@@ -122,6 +116,7 @@ def main() -> None:
 
     from bench.celery_app import app
 
+    atexit.register(drop_queue, app, QUEUE)
     settings.DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH = True  # as in production: retry writes its records itself
     app.set_current()
     print(f"bench_retry --db {args.db}, {count} records, broker {app.conf.broker_url}: {versions()}")
@@ -135,9 +130,9 @@ def main() -> None:
     for index in range(rounds):
         for name in names[index % 3 :] + names[: index % 3]:
             make_records(count)
-            purge(app)
+            purge(app, QUEUE)
             seconds[name].append(contenders[name](count))
-            purge(app)
+            purge(app, QUEUE)
     print(f"\nseconds to send {count} records again ({rounds} rounds; target ≤ 10 s for 10,000)")
     for name, values in seconds.items():
         med = statistics.median(values)

@@ -23,6 +23,7 @@ The database sessions opened during the round (PostgreSQL's
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -35,9 +36,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import alternate, parser, report, setup, versions  # noqa: E402
+from bench.common import alternate, drop_queue, own_queue, parser, report, setup, versions  # noqa: E402
 
-QUEUE = "fdr-bench-worker"
+QUEUE = own_queue("fdr-bench-worker")
 HEAD = 50
 
 CONTENDERS = {
@@ -141,8 +142,7 @@ def main() -> None:
     setup(args.db)
     from bench.celery_app import app
 
-    with app.connection_for_write() as conn:
-        conn.default_channel.client.delete(QUEUE)
+    atexit.register(drop_queue, app, QUEUE)
     log = Path(os.environ.get("FDR_BENCH_VAR", "/tmp/fdr_bench")) / "bench_worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"bench_worker, {count} tasks per round, broker {app.conf.broker_url}: {versions()}; worker log {log}")

@@ -65,6 +65,36 @@ def setup(db: str, **env: str) -> None:
     call_command("migrate", verbosity=0)
 
 
+def own_queue(name: str) -> str:
+    """A queue of this run's own: every run (and CI's smoke runs) shares Redis db 9, and a run must never
+    count, purge or consume another's messages."""
+    return f"{name}-{os.getpid()}"
+
+
+def purge(app: Any, queue: str) -> None:
+    """Empty ``queue`` (nothing to do if it was never declared)."""
+    import contextlib
+
+    with app.connection_for_write() as conn, contextlib.suppress(Exception):
+        conn.default_channel.queue_purge(queue)
+
+
+def drop_queue(app: Any, queue: str) -> None:
+    """At the end of a run: the queue's keys on the Redis broker (its lists and kombu's bindings), gone."""
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+        for key in list(client.scan_iter(match=f"*{queue}*")):
+            name = key.decode()
+            # The queue's list, its priority lists ("queue\x06\x163"...), kombu's records of its bindings
+            # ("_kombu.binding.queue"...); not another run's (the name of pid 123's queue is in pid 1234's).
+            if (
+                name == queue
+                or name.startswith(queue + "\x06\x16")
+                or (name.startswith("_kombu.") and name.endswith("." + queue))
+            ):
+                client.delete(key)
+
+
 def versions() -> str:
     import celery
     import django
