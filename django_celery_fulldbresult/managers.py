@@ -75,6 +75,13 @@ def _as_json(column: str, readable: models.Q | None = None) -> models.Case:
     )
 
 
+def write_alias(queryset: models.QuerySet[Any]) -> str:
+    """Where a QuerySet's writes go: the router's write database (not a read
+    replica the records may be read from), unless ``.using()`` chose."""
+    chosen: str | None = getattr(queryset, "_db", None)
+    return chosen or router.db_for_write(queryset.model)
+
+
 class TaskResultMetaQuerySet(models.QuerySet["TaskResultMeta"]):
     def get_stale_tasks(
         self,
@@ -145,10 +152,7 @@ class TaskResultMetaQuerySet(models.QuerySet["TaskResultMeta"]):
         return retry_queryset(self, force=force, app=app)
 
     def write_alias(self) -> str:
-        """Where this QuerySet's writes go: the router's write database (not a
-        read replica the records may be read from), unless ``.using()`` chose."""
-        chosen: str | None = getattr(self, "_db", None)
-        return chosen or router.db_for_write(self.model)
+        return write_alias(self)
 
     def get_task(self, task_id: str) -> Any:
         return self.filter(task_id=task_id).first()

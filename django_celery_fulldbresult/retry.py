@@ -202,7 +202,9 @@ def retry_queryset(queryset: Any, force: bool = False, app: Any = None) -> Retry
     That is the database the queryset chose (``.using()``), else the router's
     write database (not a read replica the records may be read from).
     """
-    using = getattr(queryset, "_db", None) or router.db_for_write(queryset.model)
+    from .managers import write_alias
+
+    using = write_alias(queryset)
     if not queryset.query.combinator:  # (union() and the like take no defer() or only())
         # defer(None) first: only() keeps deferred what an earlier defer() named, the arguments too.
         queryset = queryset.defer(None).only(*RETRY_FIELDS)
@@ -257,7 +259,7 @@ def retry_records(
                     len(claimed),
                     ", ".join(r.task_id for r in claimed),
                 )
-                reason += " " + _("(and its claim could not be given back: retry it with force)")
+                reason += _unclaim_failed()
             for record in claimed:
                 report.refused[record.task_id] = reason
             continue
@@ -265,6 +267,11 @@ def retry_records(
         if progress:
             progress(len(claimed))
     return report
+
+
+def _unclaim_failed() -> str:
+    """What a refusal adds when the claim could not be given back either."""
+    return " " + _("(and its claim could not be given back: retry it with force)")
 
 
 def _unclaim(connection: Any, records: list[TaskResultMeta], new_ids: dict[str, str]) -> None:
@@ -299,7 +306,7 @@ def _send(
                     _unclaim(connection, [record], new_ids)
                 except Exception:
                     logger.exception("Could not give back the retry claim of %s", record.task_id)
-                    reason += " " + _("(and its claim could not be given back: retry it with force)")
+                    reason += _unclaim_failed()
                 report.refused[record.task_id] = reason
             else:
                 report.sent[record.task_id] = new_id
