@@ -197,6 +197,12 @@ class DatabaseResultBackend(DatabaseBackend):
         **kwargs: Any,
     ) -> Any:
         """Write the task's state in one statement (see :mod:`.upsert`)."""
+        if getattr(request, "id", None) not in (None, task_id):
+            # Another task's request: Task.update_state(task_id=other) passes
+            # the caller's. Its name, arguments, routing and retry count are
+            # not the other task's (a count that only grows would even refuse
+            # that task's own STARTED): the write has the state and result only.
+            request = None
         if state not in states.READY_STATES and getattr(request, "ignore_result", False) is True:
             # Celery 5.5 stores STARTED for a call made with
             # apply_async(ignore_result=True), then never its end: such a

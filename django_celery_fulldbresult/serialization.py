@@ -104,13 +104,28 @@ def encode_arguments(args: Any, kwargs: Any) -> EncodedArguments:
     try:
         encoded_args = _KOMBU_JSON.encode(args)
         encoded_kwargs = _KOMBU_JSON.encode(kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         # Keep what can be shown; the record must exist even if the task
         # cannot be sent again from it.
-        encoded_args = kombu_json.dumps(args, default=_placeholder)
-        encoded_kwargs = kombu_json.dumps(kwargs, default=_placeholder)
+        encoded_args = "[%s]" % ", ".join(_readable(value) for value in args)
+        encoded_kwargs = "{%s}" % ", ".join(
+            f"{_KOMBU_JSON.encode(safe_str(name))}: {_readable(value)}" for name, value in kwargs.items()
+        )
         reasons.append(str(_("arguments are not JSON-serializable: %s")) % safe_str(exc))
     return EncodedArguments(encoded_args, encoded_kwargs, "; ".join(reasons))
+
+
+def _readable(value: Any) -> str:
+    """One argument as JSON, what JSON cannot hold replaced by a placeholder.
+
+    A value JSON fails on whole, whatever ``default`` says (a dict with tuple
+    keys, a circular reference, a pickled message's nesting deeper than the
+    recursion limit), is one placeholder.
+    """
+    try:
+        return kombu_json.dumps(value, default=_placeholder)
+    except (TypeError, ValueError, RecursionError):
+        return _KOMBU_JSON.encode(_placeholder(value))
 
 
 def as_datetime(value: Any) -> datetime | None:

@@ -20,6 +20,12 @@ def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 @shared_task
+def count(*args: Any, **kwargs: Any) -> int:
+    """How many arguments it was called with: takes any, returns plain JSON."""
+    return len(args) + len(kwargs)
+
+
+@shared_task
 def fail(message: str = "boom") -> None:
     raise ValueError(message)
 
@@ -66,6 +72,13 @@ def unprintable() -> object:
 def progress(self: Any) -> str:
     self.update_state(state="PROGRESS", meta={"done": 1, "total": 2})
     return "finished"
+
+
+@shared_task(bind=True)
+def progress_of(self: Any, task_id: str) -> str:
+    """Report progress for another task (``update_state(task_id=...)``, Celery passes this task's request)."""
+    self.update_state(task_id=task_id, state="PROGRESS", meta={"done": 1})
+    return task_id
 
 
 @shared_task(ignore_result=True)

@@ -99,6 +99,26 @@ def test_pickled_arguments_are_stored_safely_and_not_retried(
     _admin_pages_open(result.id)
 
 
+def test_arguments_json_fails_on_whole_still_leave_a_record(start_worker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pickled message's dict with tuple keys, a list that contains itself: JSON's ``default`` is never asked
+    about them, so they used to fail the placeholder encoding too. The task never ran (its STARTED write raised)
+    and left no record. Now each such argument is a placeholder, and the task runs."""
+    monkeypatch.setenv("C_FORCE_ROOT", "1")  # Celery refuses pickle as root (CI containers run as root)
+    start_worker("pickle", FULLDBRESULT_CELERY_ACCEPT_CONTENT='["json", "pickle"]')
+    looped: list[Any] = []
+    looped.append(looped)
+    result = tasks.count.apply_async(({(1, 2): 3}, looped, "plain"), {"key": {(1,): "x"}}, serializer="pickle")
+    assert result.get(timeout=30) == 4
+    record = _final(result.id)
+    assert record.status == states.SUCCESS and record.result == 4
+    assert "not JSON-serializable" in record.not_retryable_reason
+    assert json.loads(record.args) == [{UNSERIALIZABLE_KEY: "{(1, 2): 3}"}, {UNSERIALIZABLE_KEY: "[[...]]"}, "plain"]
+    assert json.loads(record.kwargs) == {"key": {UNSERIALIZABLE_KEY: "{(1,): 'x'}"}}
+    assert record.date_started is not None, "its STARTED write was made"
+    assert result.id not in record.retry().sent
+    _admin_pages_open(result.id)
+
+
 def test_a_300_character_task_name(worker: Any) -> None:
     assert len(tasks.LONG_NAME) == 300
     result = tasks.long_name.delay(7)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -82,6 +83,20 @@ def test_custom_states_are_recorded(worker: Any) -> None:
     record = TaskResultMeta.objects.get(task_id=result.id)
     assert record.status == states.SUCCESS
     assert record.task == "testcelery.tasks.progress"
+
+
+def test_update_state_of_another_task_does_not_write_the_callers_name_arguments_or_count(worker: Any) -> None:
+    """Celery passes the calling task's request with ``update_state(task_id=other)``: none of it describes the
+    other task (it used to give that record the caller's name, arguments, worker and retry count, and a count
+    that only grows then refused the other task's own STARTED)."""
+    other = str(uuid.uuid4())
+    assert tasks.progress_of.delay(other).get(timeout=30) == other
+    record = TaskResultMeta.objects.get(task_id=other)
+    assert record.status == "PROGRESS" and record.result == {"done": 1}
+    assert (record.task, record.args, record.hostname, record.retries) == (None, None, None, 0)
+    assert tasks.add.apply_async((1, 2), task_id=other).get(timeout=30) == 3
+    record.refresh_from_db()
+    assert (record.status, record.task, record.decoded_args) == (states.SUCCESS, "testcelery.tasks.add", [1, 2])
 
 
 def test_a_chord_of_ten_completes(worker: Any) -> None:
