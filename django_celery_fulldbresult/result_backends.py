@@ -33,7 +33,7 @@ from .serialization import (
     encode_result,
     queue_from_delivery,
 )
-from .upsert import store_state, with_reconnect
+from .upsert import in_transaction, store_state, with_reconnect, worth_another_try
 
 if TYPE_CHECKING:
     from .models import TaskResultMeta
@@ -116,20 +116,21 @@ class DatabaseResultBackend(DatabaseBackend):
         super().__init__(*args, **kwargs)
 
     def exception_safe_to_retry(self, exc: Exception) -> bool:
-        """A dropped database connection is safe to retry on a new one.
+        """A dropped database connection is safe to retry on a new one, and a write that lost a lock race.
 
         Used with ``result_backend_always_retry = True``: the store is an
-        idempotent upsert, so writing it again never duplicates a record.
+        idempotent upsert, so writing it again never duplicates a record. An
+        error that would come back at every try (a missing table or column)
+        is not: see :func:`.upsert.worth_another_try`.
         """
         if isinstance(exc, CONNECTION_ERRORS):
-            self._close_broken_connection()
+            connection = connections[router.db_for_write(self.TaskModel)]
+            if not worth_another_try(connection, exc):
+                return False
+            if not in_transaction(connection):
+                connection.close()
             return True
         return super().exception_safe_to_retry(exc)  # type: ignore[no-any-return]
-
-    def _close_broken_connection(self, alias: str | None = None) -> None:
-        connection = connections[alias or router.db_for_write(self.TaskModel)]
-        if not connection.in_atomic_block:
-            connection.close()
 
     def _state_row(self, task_id: str, result: Any, state: str, traceback: Any, request: Any) -> dict[str, Any]:
         encoded = encode_result(self, result)

@@ -415,7 +415,7 @@ def _state_function_usable(connection: BaseDatabaseWrapper) -> bool:
     seen = _STATE_FUNCTION.get(key)
     if seen is True:
         return True
-    if _in_transaction(connection):
+    if in_transaction(connection):
         return False
     if seen is None:
         return True
@@ -443,8 +443,17 @@ def _state_function_key(connection: BaseDatabaseWrapper) -> tuple[str, str, str 
     return (connection.alias, connection.settings_dict["NAME"], getattr(connection, "schema_name", None))
 
 
-def _in_transaction(connection: BaseDatabaseWrapper) -> bool:
-    return connection.in_atomic_block or not connection.get_autocommit()
+def in_transaction(connection: BaseDatabaseWrapper) -> bool:
+    """Whether a write would run inside a transaction (an atomic block, or autocommit off).
+
+    It never connects (``get_autocommit()`` does): asked after a write failed
+    because the database is gone, it must answer, not raise.
+    """
+    if connection.in_atomic_block:
+        return True
+    if connection.connection is None:  # a new connection starts as the settings say
+        return not connection.settings_dict["AUTOCOMMIT"]
+    return not connection.autocommit
 
 
 def _call_state_function(connection: BaseDatabaseWrapper, params: list[Any], synchronous: bool) -> None:
@@ -454,7 +463,7 @@ def _call_state_function(connection: BaseDatabaseWrapper, params: list[Any], syn
     except ProgrammingError as exc:
         # Anything else, or a refusal inside the caller's transaction (which it aborted), is the caller's.
         state = _sqlstate(exc)
-        if state not in (UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE) or _in_transaction(connection):
+        if state not in (UNDEFINED_FUNCTION, INSUFFICIENT_PRIVILEGE) or in_transaction(connection):
             raise
         if state == INSUFFICIENT_PRIVILEGE or not _state_function_exists(connection):
             _STATE_FUNCTION[key] = time.monotonic() + STATE_FUNCTION_RECHECK_SECONDS
@@ -601,19 +610,52 @@ def _state_value(vendor: str, name: str, new: str, old: str, new_args: str) -> s
 
 
 def with_reconnect(connection: BaseDatabaseWrapper, write: Any, *args: Any) -> None:
-    """Run a write; if the database dropped the connection, once more on a new one.
+    """Run a write; if the database dropped the connection (or the write lost a lock race), once more on a new one.
 
     The writes here are idempotent upserts, so a second try never duplicates
-    a record. Inside a transaction nothing is retried: the caller's
-    transaction is lost with the connection.
+    a record. Inside a transaction (an atomic block, or autocommit off)
+    nothing is retried: the caller's transaction is lost with the connection.
     """
     try:
         write(connection, *args)
-    except (InterfaceError, OperationalError):
-        if connection.in_atomic_block:
+    except (InterfaceError, OperationalError) as exc:
+        if in_transaction(connection) or not worth_another_try(connection, exc):
             raise
         connection.close()
         write(connection, *args)
+
+
+#: SQLSTATEs of a write that lost a race for a lock: serialization failure, deadlock, lock not available.
+LOCK_RACE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+#: MySQL's and MariaDB's error numbers for the same: lock wait timeout, deadlock.
+LOCK_RACE_MYSQL_ERRORS = frozenset({1205, 1213})
+
+
+def worth_another_try(connection: BaseDatabaseWrapper, exc: Exception) -> bool:
+    """Whether a write that raised ``exc`` may succeed when tried again.
+
+    Yes when the connection is gone (a restart, a failover, an idle timeout:
+    ``InterfaceError``, or an ``OperationalError`` after which the
+    connection no longer answers) or the write lost a race for a lock. Not
+    for what the drivers also raise as ``OperationalError`` and that would
+    come back at every try: a missing table or column (code deployed before
+    ``migrate``), a value the column's character set refuses. Retried, those
+    held a worker on one write for good under Celery's
+    ``result_backend_always_retry`` (whose default is to retry without limit).
+    Asking the connection costs a round-trip, on the error's path only.
+    """
+    if isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    if _sqlstate(exc) in LOCK_RACE_SQLSTATES:
+        return True
+    code = (getattr(exc.__cause__, "args", None) or (None,))[0]
+    if connection.vendor == "mysql" and code in LOCK_RACE_MYSQL_ERRORS:
+        return True
+    if connection.vendor == "sqlite" and "locked" in str(exc):  # "database is locked", "database table is locked"
+        return True
+    return connection.connection is None or not connection.is_usable()
 
 
 def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, Any]], synchronous: bool = True) -> None:

@@ -158,6 +158,42 @@ def test_postgres_restarted_while_a_worker_runs_loses_nothing(start_worker: Any)
     assert worker.process is not None and worker.process.poll() is None
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_write_that_would_fail_again_is_raised_not_retried() -> None:
+    """Code deployed before ``migrate`` (here, a column missing): the error comes back at every try. Under
+    ``result_backend_always_retry``, whose default is to retry without limit, a worker was held on that one write
+    for good (the backend called every ``OperationalError`` a dropped connection). It is raised at once, and the
+    connection, which works, is kept."""
+    from django_celery_fulldbresult.result_backends import DatabaseResultBackend
+    from testcelery.celery import app
+
+    backend = DatabaseResultBackend(app=app)
+    backend.always_retry, backend.max_retries = True, 5
+    backend.base_sleep_between_retries_ms = backend.max_sleep_between_retries_ms = 1
+    table = connection.ops.quote_name(TaskResultMeta._meta.db_table)
+    attempts: list[str] = []
+
+    def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        attempts.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} RENAME COLUMN hostname TO hostname_gone")
+    try:
+        with connection.execute_wrapper(count), pytest.raises(DatabaseError) as raised:
+            backend.store_result("not-migrated", 1, states.SUCCESS)
+        kept = connection.connection
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table} RENAME COLUMN hostname_gone TO hostname")
+    assert "hostname" in str(raised.value)
+    assert len(attempts) == 1, "tried again on a new connection, or by Celery's retries"
+    assert kept is not None and connection.connection is kept
+    assert not backend.exception_safe_to_retry(raised.value)
+    backend.store_result("not-migrated", 1, states.SUCCESS)  # migrated: written
+    assert TaskResultMeta.objects.get(task_id="not-migrated").status == states.SUCCESS
+
+
 def test_the_guarantees_name_only_tests_that_exist() -> None:
     """The README's "Guarantees" cites each promise's test by name."""
     text = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
