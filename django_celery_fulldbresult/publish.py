@@ -95,6 +95,7 @@ import os
 import stat
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -187,7 +188,12 @@ def _independent_connection(alias: str) -> BaseDatabaseWrapper:
     connection = own.get(alias)
     if connection is None:
         connection = own[alias] = connections.create_connection(alias)
+        connection.__dict__[_OWN] = True  # its socket is noted (remember_socket), for a fork (_after_fork_in_child)
     return connection
+
+
+#: The mark of a connection this module opened itself (not one of Django's per-thread connections).
+_OWN = "_fulldbresult_own"
 
 
 def connection_for_records(alias: str) -> BaseDatabaseWrapper:
@@ -236,7 +242,17 @@ def write_records(rows: Sequence[dict[str, Any]], using: str | None = None) -> N
         with transaction.atomic(using=alias):
             record_published(connection, rows)
         return
-    with_reconnect(connection, record_published, rows, app_settings.PUBLISH_SYNCHRONOUS_COMMIT)
+    # On a connection of the thread's own (the caller is in a transaction),
+    # a lock is waited for OWN_CONNECTION_LOCK_WAIT seconds at most: the lock
+    # may be the caller's own, held until its transaction ends (a task's
+    # update_state() in its atomic block, then its retry's re-publish of the
+    # same id), and the caller waits for this write: it would never end.
+    lock_wait = OWN_CONNECTION_LOCK_WAIT if connection.__dict__.get(_OWN) else 0
+    with_reconnect(connection, record_published, rows, app_settings.PUBLISH_SYNCHRONOUS_COMMIT, lock_wait)
+
+
+#: Seconds a publish write on a connection of the thread's own waits for a lock (see write_records).
+OWN_CONNECTION_LOCK_WAIT = 1
 
 
 def _in_event_loop() -> bool:
@@ -319,20 +335,21 @@ def _hold_connections() -> None:
     _held_connections[threading.get_ident()] = connections.all()
 
 
-#: Of the held connections: id(Django connection) -> (id(driver connection), its socket, the socket's inode).
-_sockets: dict[int, tuple[int, int, int]] = {}
+#: Of the held connections and this module's own: Django connection -> (id(driver connection), its socket,
+#: the socket's inode); an entry goes with its connection.
+_sockets: weakref.WeakKeyDictionary[BaseDatabaseWrapper, tuple[int, int, int]] = weakref.WeakKeyDictionary()
 
 
 def remember_socket(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
     """Django's ``connection_created``: note the socket of a connection made by this module's threads (see _mute)."""
-    if threading.get_ident() not in _held_connections:
+    if threading.get_ident() not in _held_connections and not connection.__dict__.get(_OWN):
         return
     driver = connection.connection
     try:
         fd = driver.fileno()  # psycopg 3 and 2, mysqlclient (SQLite has none)
-        _sockets[id(connection)] = (id(driver), fd, os.fstat(fd).st_ino)
+        _sockets[connection] = (id(driver), fd, os.fstat(fd).st_ino)
     except Exception:
-        _sockets.pop(id(connection), None)
+        _sockets.pop(connection, None)
 
 
 def _model() -> Any:
@@ -534,7 +551,7 @@ class BackgroundWriter:
             with contextlib.suppress(Exception):
                 connections.close_all()
             for connection in _held_connections.pop(threading.get_ident(), ()):
-                _sockets.pop(id(connection), None)
+                _sockets.pop(connection, None)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         unique = _unique(rows)
@@ -645,6 +662,9 @@ def _after_fork_in_child() -> None:
     # its own), so the goodbye goes nowhere.
     held = [connection for thread in _held_connections.values() for connection in thread]
     _held_connections.clear()
+    # And the connections the forking thread opened outside its caller's
+    # transactions: the child would write on the parent's socket with them.
+    held += _local.__dict__.pop("connections", {}).values()
     _mute(held)
     _sockets.clear()
 
@@ -658,7 +678,7 @@ def _mute(held: Sequence[BaseDatabaseWrapper]) -> None:
     """
     sockets = []
     for connection in held:
-        known = _sockets.get(id(connection))
+        known = _sockets.get(connection)
         if known is None or connection.connection is None or known[0] != id(connection.connection):
             continue
         _, fd, inode = known
@@ -727,7 +747,12 @@ def on_before_task_publish(
             return
         buffer = getattr(_local, "buffer", None)
         if buffer is None:
-            if app_settings.PUBLISH_IN_BACKGROUND:
+            # Not a Task.retry() re-publish (a count above 0): the worker's
+            # RETRY write follows it at once with the same count, and a
+            # re-publish landing after that would be refused by the count's
+            # order, taking the new ETA with it (the waiting retry would look
+            # stale, and be sent twice).
+            if app_settings.PUBLISH_IN_BACKGROUND and not row.get("retries"):
                 _queue([row], wake=False)  # once the message is sent (on_after_task_publish)
             else:
                 write_records([row])

@@ -190,12 +190,21 @@ def _named_placeholders(sql: str) -> str:
 _NAMES: tuple[str, ...] = ()
 
 
-def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any], synchronous: bool = True) -> None:
-    """Run one of the writes; ``synchronous=False`` as :func:`record_published` says."""
+def _execute(
+    connection: BaseDatabaseWrapper, sql: str, params: list[Any], synchronous: bool = True, lock_wait: int = 0
+) -> None:
+    """Run one of the writes; ``synchronous=False`` and ``lock_wait`` as :func:`record_published` says."""
     global _NAMES
     prepare = _prepared(connection, synchronous)
     if not synchronous and _can_commit_asynchronously(connection):
         sql = ASYNCHRONOUS_COMMIT + sql  # two statements: bound on the client, never prepared
+    if lock_wait:
+        if connection.vendor == "postgresql" and not connection.settings_dict["OPTIONS"].get("server_side_binding"):
+            # Its own transaction (autocommit), so SET LOCAL ends with it (and leaves a pooled session as it was).
+            sql = f"SET LOCAL lock_timeout = {lock_wait * 1000}; {sql}"
+            prepare = False  # two statements
+        elif connection.vendor == "mysql" and connection.display_name == "MariaDB":
+            sql = f"SET STATEMENT innodb_lock_wait_timeout = {lock_wait} FOR {sql}"
     cursor, kept = _write_cursor(connection, prepare)
     try:
         if connection.vendor == "sqlite":  # by name (_named_placeholders)
@@ -658,7 +667,9 @@ def worth_another_try(connection: BaseDatabaseWrapper, exc: Exception) -> bool:
     return connection.connection is None or not connection.is_usable()
 
 
-def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, Any]], synchronous: bool = True) -> None:
+def record_published(
+    connection: BaseDatabaseWrapper, rows: Sequence[dict[str, Any]], synchronous: bool = True, lock_wait: int = 0
+) -> None:
     """Insert the records of published messages that have none yet, in one statement.
 
     ``synchronous=False``, on PostgreSQL in autocommit: the statement is its
@@ -666,6 +677,11 @@ def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, A
     sent with it in one round-trip): the commit does not wait for the log's
     flush to disk. Elsewhere (another database, the caller's transaction,
     server-side binding, which refuses two statements in one) it changes nothing.
+
+    ``lock_wait``: the most seconds the statement waits for a row's lock,
+    then fails (PostgreSQL's ``lock_timeout``, MariaDB's
+    ``innodb_lock_wait_timeout``, for this statement only, in the same
+    round-trip); 0, the database's own limit.
     """
     if not rows:
         return
@@ -676,15 +692,15 @@ def record_published(connection: BaseDatabaseWrapper, rows: Sequence[dict[str, A
     per = _rows_per_statement(connection, len(rows), len(PUBLISH_COLUMNS))
     if per is not None and len(rows) > per:
         for start in range(0, len(rows), per):
-            record_published(connection, rows[start : start + per], synchronous)
+            record_published(connection, rows[start : start + per], synchronous, lock_wait)
         return
     params = _params(connection, PUBLISH_COLUMNS, rows)
     if vendor == "postgresql" and _as_json(connection, params, len(rows)):
         sql = _cached_sql(connection, "publish-json", 1, _record_published_json_sql)
-        _execute(connection, sql, [_rows_as_json(params)], synchronous)
+        _execute(connection, sql, [_rows_as_json(params)], synchronous, lock_wait)
         return
     sql = _cached_sql(connection, "publish", len(rows), _record_published_sql)
-    _execute(connection, sql, params, synchronous)
+    _execute(connection, sql, params, synchronous, lock_wait)
 
 
 #: The most parameters a statement may have for psycopg 3 to keep its parsed form

@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import os
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -248,6 +250,67 @@ def test_a_forked_child_records_what_it_publishes_from_an_event_loop(parked: str
     asyncio.run(publish_from_an_event_loop(parked))  # the app's thread is running in this process
     task_id = in_a_forked_child(lambda: asyncio.run(publish_from_an_event_loop(parked)))  # (that thread is not there)
     assert TaskResultMeta.objects.filter(task_id=task_id).exists()
+
+
+def _session(wrapper: Any) -> int:
+    driver = wrapper.connection
+    return int(driver.thread_id() if wrapper.vendor == "mysql" else driver.info.backend_pid)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_neither_uses_nor_ends_the_session_that_wrote_for_an_atomic_block(parked: str) -> None:
+    """Inside ``atomic()`` the record is written on a connection the thread opened for it. A child forked
+    afterwards (a management command's multiprocessing pool, a master before gunicorn forks) used to inherit
+    it: its writes went down the parent's socket, and with mysqlclient or psycopg2 freeing it ended the
+    parent's session. Django's own connections are the forking code's business (here: forgotten in the
+    child, its socket pointed at /dev/null)."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite writes inside the caller's transaction")
+    with transaction.atomic():
+        first = tasks.add.apply_async((0, 0), queue=parked)
+    parents = _session(publish._local.connections[connection.alias])
+
+    def child() -> str:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, connection.connection.fileno())  # what a forking server does with Django's connections
+        connection.connection = None
+        with transaction.atomic():
+            published = tasks.add.apply_async((1, 1), queue=parked)
+        mine = _session(publish._local.connections[connection.alias])
+        publish.close_connections()
+        connection.close()
+        return f"{published.id} {mine}"
+
+    child_task, child_session = in_a_forked_child(child).split()
+    time.sleep(0.2)  # (the server ends a session a moment after its goodbye)
+    assert int(child_session) != parents, "the child wrote on a session of its own"
+    assert parents in server_sessions(), "the parent's session is still open"
+    with transaction.atomic():
+        second = tasks.add.apply_async((2, 2), queue=parked)
+    assert _session(publish._local.connections[connection.alias]) == parents, "and the parent writes on it"
+    assert TaskResultMeta.objects.filter(task_id__in=[first.id, child_task, second.id]).count() == 3
+
+
+@pytest.mark.timeout(120)
+def test_a_publish_waiting_for_a_lock_its_own_transaction_holds_gives_up(
+    parked: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task's ``update_state()`` inside its atomic block, then its retry's re-publish of the same id: the
+    publish write, on a connection of its own, waits for the row lock the caller's transaction holds, and the
+    caller waits for the write. On PostgreSQL that never ended (no deadlock the server can see); on MariaDB it
+    took 50 s, twice. The write waits a second, then is logged; the message goes out."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite writes inside the caller's transaction")
+    task_id = str(uuid.uuid4())
+    with transaction.atomic():
+        app.backend.store_result(task_id, {"done": 1}, "PROGRESS")  # the row's lock, until this block ends
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="django_celery_fulldbresult.publish"):
+            tasks.add.apply_async((1, 1), task_id=task_id, queue=parked)
+        waited = time.monotonic() - started
+    assert waited < 10, "one second per try"
+    assert f"Could not record the publication of task {task_id}" in caplog.text
+    assert TaskResultMeta.objects.get(task_id=task_id).status == "PROGRESS"
 
 
 def test_the_connection_that_wrote_for_an_event_loop_is_closed_as_django_closes_its_own(

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -178,6 +179,22 @@ def test_a_worker_writes_what_its_tasks_published_before_their_next_task(start_w
     assert len(records) == 3
     assert all(r.status == states.SUCCESS for r in records)
     assert all(r.date_submitted is not None for r in records), "each link's publish record was written"
+
+
+def test_a_task_retry_keeps_its_eta_and_is_not_stale(start_worker: Any) -> None:
+    """``raise self.retry(countdown=3600)``: the re-publish (retry count n + 1, the new ETA) and the worker's
+    RETRY write (n + 1, keeps the stored ETA) race. Queued for the writer, the re-publish landed second and
+    was refused by the count's order: the ETA was lost, and the waiting retry looked stale (a retry of it would
+    run the task twice). A re-publish is written at once."""
+    start_worker(PUBLISH_IN_BACKGROUND=True)
+    result = tasks.flaky.apply_async(kwargs={"fail_times": 1, "countdown": 3600})
+    wait_for(lambda: TaskResultMeta.objects.filter(task_id=result.id, status=states.RETRY).exists())
+    time.sleep(1)  # well past the writer's gathering
+    record = TaskResultMeta.objects.get(task_id=result.id)
+    result.revoke()
+    assert record.retries == 1
+    assert record.eta is not None and record.eta > record.date_done + timedelta(minutes=55)
+    assert not TaskResultMeta.objects.get_stale_tasks(timedelta(seconds=1)).filter(task_id=result.id).exists()
 
 
 def test_flush_waits_for_the_rows_queued_before_it_not_for_later_ones(parked: str) -> None:
