@@ -198,7 +198,13 @@ def encode_result(backend: Backend, result: Any) -> EncodedResult:
         if isinstance(result, BaseException):
             result = backend.prepare_exception(result, "json")  # type: ignore[arg-type]
         try:
-            text = json.dumps(result, cls=DjangoJSONEncoder, allow_nan=False)
+            try:
+                text = json.dumps(result, cls=DjangoJSONEncoder, allow_nan=False)
+            except (TypeError, ValueError):
+                storable = _storable_exception(result)
+                if storable is result:
+                    raise
+                text = json.dumps(storable, cls=DjangoJSONEncoder, allow_nan=False)
         except (TypeError, ValueError) as exc:
             if not app_settings.FORCE_JSON:
                 raise EncodeError(_not_json_message(result)) from exc
@@ -210,6 +216,24 @@ def encode_result(backend: Backend, result: Any) -> EncodedResult:
     if isinstance(payload, bytes):
         payload = payload.decode("utf-8")
     return EncodedResult(content_type, content_encoding, payload)
+
+
+def _storable_exception(prepared: Any) -> Any:
+    """An exception as Celery prepares it (``exc_type``, ``exc_message``...), its arguments as their text.
+
+    Celery checks an exception's arguments against the backend's serializer
+    (kombu's JSON, which takes bytes), not against the JSON stored here: an
+    argument that does not fit (``ValueError(b"\\xff")``) is kept as its text,
+    so the failure still reads back as the exception it was (wrapped whole
+    by ``FORCE_JSON``, or refused without it, it read back as neither).
+    Anything else is returned as it is.
+    """
+    if not isinstance(prepared, dict) or "exc_type" not in prepared:
+        return prepared
+    message = prepared.get("exc_message")
+    if not isinstance(message, list | tuple):
+        return prepared
+    return {**prepared, "exc_message": [clean_text(safe_str(a)) for a in message]}
 
 
 def decode_result(backend: Backend, content_type: str, content_encoding: str, text: str | None) -> Any:

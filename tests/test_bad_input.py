@@ -154,6 +154,22 @@ def test_an_unprintable_result_under_force_json(start_worker: Any) -> None:
     assert record.result == {"value": "<unprintable _Unprintable object>", "forced_json": True}
 
 
+@pytest.mark.parametrize("force", [False, True], ids=["use_json", "force_json"])
+def test_an_exception_whose_arguments_json_cannot_hold_reads_back_as_that_exception(
+    start_worker: Any, force: bool
+) -> None:
+    """``ValueError(b"\\xff raw")`` under ``USE_JSON``: Celery checks the arguments against kombu's JSON, which takes
+    bytes; the stored JSON does not. The argument is kept as its text (it was wrapped whole by ``FORCE_JSON``, and
+    read back as no exception at all; without it, an encoding error replaced the task's own)."""
+    start_worker("excjson", USE_JSON=True, FORCE_JSON=force)
+    result = tasks.fail.delay(b"\xff raw")
+    record = _final(result.id)
+    assert record.status == states.FAILURE
+    assert isinstance(record.result, ValueError) and "xff raw" in str(record.result)
+    with pytest.raises(ValueError, match="xff raw"):
+        result.get(timeout=30)
+
+
 def test_a_result_that_is_not_json_without_force_json_fails_and_says_why(start_worker: Any) -> None:
     start_worker("usejson", USE_JSON=True)
     result = tasks.not_json.delay()
