@@ -100,6 +100,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from celery import current_app, states
@@ -113,7 +114,13 @@ from .upsert import record_published, with_reconnect
 
 logger = logging.getLogger(__name__)
 
+#: This thread's connections for writing outside its caller's transactions (see _independent_connection).
 _local = threading.local()
+#: The rows of the open :func:`batch` block, and the ids :func:`already_recorded` skips: per thread and per
+#: asyncio task (a coroutine's block open across an ``await`` must not take in the messages that another
+#: request's coroutine sends on the same event loop meanwhile).
+_batch: ContextVar[list[dict[str, Any]] | None] = ContextVar("fulldbresult_publish_batch", default=None)
+_recorded: ContextVar[frozenset[str]] = ContextVar("fulldbresult_publish_recorded", default=frozenset())
 
 
 def is_ignored(name: str, requested: bool | None = None) -> bool:
@@ -361,12 +368,11 @@ def _model() -> Any:
 @contextmanager
 def already_recorded(task_ids: Sequence[str]) -> Iterator[None]:
     """Skip the publish write for these ids: their records were written already."""
-    previous: frozenset[str] = getattr(_local, "recorded", frozenset())
-    _local.recorded = previous | frozenset(task_ids)
+    token = _recorded.set(_recorded.get() | frozenset(task_ids))
     try:
         yield
     finally:
-        _local.recorded = previous
+        _recorded.reset(token)
 
 
 #: Records written per statement by :func:`batch` (well under the parameter
@@ -378,16 +384,17 @@ BATCH_SIZE = 500
 def batch() -> Iterator[None]:
     """Write the publish records of the messages sent in this block together (see the module docstring).
 
-    Blocks nest: the outermost one writes. Each thread has its own.
+    Blocks nest: the outermost one writes. Each thread, and each asyncio task, has its own.
     """
-    if getattr(_local, "buffer", None) is not None:
+    if _batch.get() is not None:
         yield
         return
-    _local.buffer = []
+    rows: list[dict[str, Any]] = []
+    token = _batch.set(rows)
     try:
         yield
     finally:
-        rows, _local.buffer = _local.buffer, None
+        _batch.reset(token)
         _record(rows)
 
 
@@ -739,13 +746,13 @@ def on_before_task_publish(
     if not app_settings.TRACK_PUBLISH:
         return
     try:
-        recorded = getattr(_local, "recorded", ())
+        recorded = _recorded.get()
         if recorded and (headers or {}).get("id") in recorded:
             return  # checked first: the retry module sends thousands of these
         row = published_row(body, exchange, routing_key, headers or {}, properties or {}, declare)
         if row is None or row["task_id"] in recorded:
             return
-        buffer = getattr(_local, "buffer", None)
+        buffer = _batch.get()
         if buffer is None:
             # Not a Task.retry() re-publish (a count above 0): the worker's
             # RETRY write follows it at once with the same count, and a
@@ -759,8 +766,9 @@ def on_before_task_publish(
             return
         buffer.append(row)
         if len(buffer) >= BATCH_SIZE:
-            _local.buffer = []
-            _record(buffer)
+            full = buffer[:]
+            buffer.clear()
+            _record(full)
     except Exception:
         # Publishing goes on: the worker's writes will create the record.
         logger.exception("Could not record the publication of task %s", (headers or {}).get("id"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 from celery import chord, group, states
-from django.db import connection
+from django.db import connection, connections
 from django.test import override_settings
 
 from django_celery_fulldbresult import publish
@@ -220,3 +221,40 @@ def test_records_written_together_are_those_written_one_by_one(parked: str, use_
         assert (second.eta, second.priority, second.retries) == (eta if use_tz else make_naive(eta), 7, 2)
         assert second.not_retryable_reason == "keyword arguments redacted: secret"
         assert TaskResultMeta.objects.get(task_id=together[2]).parent_id == "p-1"
+
+
+def test_a_batch_open_across_an_await_takes_in_no_other_coroutines_message(parked: str) -> None:
+    """ASGI: one request's ``batch()`` block spans an ``await`` while another request's ``.delay()`` runs on the
+    same event loop. The block is the first coroutine's only (it was the thread's: the other message's record
+    waited for the block's end, and a process killed meanwhile lost it)."""
+    seen: dict[str, bool] = {}
+
+    def exists(task_id: str) -> bool:
+        try:
+            return TaskResultMeta.objects.filter(task_id=task_id).exists()
+        finally:
+            connections.close_all()  # (this thread's)
+
+    async def main() -> list[str]:
+        a_sent, b_done = asyncio.Event(), asyncio.Event()
+
+        async def a() -> str:
+            with publish.batch():
+                first = tasks.add.apply_async((1, 1), queue=parked)
+                a_sent.set()
+                await b_done.wait()
+                seen["a, inside its block"] = await asyncio.to_thread(exists, first.id)
+            return str(first.id)
+
+        async def b() -> str:
+            await a_sent.wait()
+            other = tasks.add.apply_async((2, 2), queue=parked)
+            seen["b, at once"] = await asyncio.to_thread(exists, other.id)
+            b_done.set()
+            return str(other.id)
+
+        return list(await asyncio.gather(a(), b()))
+
+    ids = asyncio.run(main())
+    assert seen == {"a, inside its block": False, "b, at once": True}
+    assert TaskResultMeta.objects.filter(task_id__in=ids).count() == 2
