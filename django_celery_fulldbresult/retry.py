@@ -53,6 +53,8 @@ class RetryReport:
     sent: dict[str, str] = field(default_factory=dict)
     #: Old task id -> why it was not sent.
     refused: dict[str, str] = field(default_factory=dict)
+    #: Of those, the ones the broker or the database failed (not refused by a rule): try them again later.
+    failed: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.sent)
@@ -262,6 +264,7 @@ def retry_records(
                 reason += _unclaim_failed()
             for record in claimed:
                 report.refused[record.task_id] = reason
+                report.failed.add(record.task_id)
             continue
         _send(app, claimed, new_ids, report, connection)
         if progress:
@@ -308,5 +311,6 @@ def _send(
                     logger.exception("Could not give back the retry claim of %s", record.task_id)
                     reason += _unclaim_failed()
                 report.refused[record.task_id] = reason
+                report.failed.add(record.task_id)
             else:
                 report.sent[record.task_id] = new_id

@@ -167,10 +167,10 @@ def test_retry_sends_each_stale_task_once(worker: Any) -> None:
     wait_for(lambda: TaskResultMeta.objects.filter(task_id__in=new_ids, status=states.SUCCESS).count() == 2)
     assert {r.result for r in TaskResultMeta.objects.filter(task_id__in=new_ids)} == {3}
 
-    err = StringIO()
+    err, out = StringIO(), StringIO()
     with override_settings(DJANGO_CELERY_FULLDBRESULT_WORKER_PING_TIMEOUT=5):
-        call_command("find_stale_tasks", "--hours", "1", "--retry", stdout=StringIO(), stderr=err)
-    assert "Not retried lost-1: already retried as" in err.getvalue()
+        call_command("find_stale_tasks", "--hours", "1", "--retry", stdout=out, stderr=err)
+    assert "lost-1" not in out.getvalue() + err.getvalue(), "retried already: left out"
     assert "Not retried slow: not lost (running): not sent again" in err.getvalue()
     assert TaskResultMeta.objects.filter(retry_of__in=["lost-1", "lost-2"]).count() == 2
 
@@ -178,3 +178,28 @@ def test_retry_sends_each_stale_task_once(worker: Any) -> None:
     assert "lost-1" in run("--hours", "1")
     with pytest.raises(CommandError, match="1 stale task found"):
         run("--hours", "1", "--not-retried", "--fail-if-found")  # the slow one, still running
+
+
+def test_retry_with_a_limit_moves_on_to_the_tasks_not_retried_yet(parked: str) -> None:
+    """A cron job's ``--retry --limit 2``: the oldest two are sent, and the next run sends the next two (the
+    originals stay unfinished, oldest first: they took the limit's places at every run, for good)."""
+    for i in range(4):
+        make(f"old-{i}", "testcelery.tasks.add", queue=parked, age=timedelta(hours=3, minutes=-i))
+    first = run("--hours", "1", "--retry", "--limit", "2")
+    second = run("--hours", "1", "--retry", "--limit", "2")
+    assert "Retried old-0 as " in first and "Retried old-1 as " in first
+    assert "Retried old-2 as " in second and "Retried old-3 as " in second
+    assert TaskResultMeta.objects.filter(retry_of__startswith="old-").count() == 4
+
+
+def test_retry_exits_1_when_the_broker_fails_the_sends() -> None:
+    """Nothing could be sent (the broker is down): a cron job must see a failure, not "done"."""
+    make("lost-while-down", "testcelery.tasks.add", queue="celery")
+    env = worker_env(FULLDBRESULT_BROKER="redis://127.0.0.1:1/0", WORKER_PING_TIMEOUT=0.5)
+    command = [sys.executable, "manage.py", "find_stale_tasks", "--hours", "1", "--retry"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Not retried lost-while-down: could not be sent" in done.stderr
+    assert "1 stale task could not be sent again" in done.stderr
+    record = TaskResultMeta.objects.get(task_id="lost-while-down")
+    assert record.retried_as is None, "its claim was given back: the next run sends it"

@@ -92,7 +92,9 @@ class Command(BaseCommand):
             action="store_true",
             help=_(
                 "Send again each stale task that is lost (never started, worker gone, waiting for a retry or an "
-                "ETA long past), once: a record already retried is skipped, a task running on a live worker too."
+                "ETA long past), once: a record already retried is left out (as with --not-retried), a task "
+                "running on a live worker is not sent. Exits with status 1 if the broker or the database failed "
+                "a retry."
             ),
         )
         parser.add_argument(
@@ -136,7 +138,9 @@ class Command(BaseCommand):
             stale = stale.filter(task__in=options["task_names"])
         if options["queues"]:
             stale = stale.filter(queue__in=options["queues"])
-        if options["not_retried"]:
+        if options["not_retried"] or options["retry"]:
+            # --retry: a task sent again already is not sent twice, and must
+            # not take the place of one that was not (--limit, oldest first).
             stale = stale.filter(retried_as__isnull=True)
         want_kind = options["format"] == "json" or options["kind"] or options["retry"]
         if want_kind:
@@ -149,6 +153,16 @@ class Command(BaseCommand):
             self.write_json(records, window, retried)
         else:
             self.write_text(records, options["kind"], retried)
+        if retried is not None and retried.failed:
+            raise CommandError(
+                ngettext(
+                    "%(count)d stale task could not be sent again (see above): try again later.",
+                    "%(count)d stale tasks could not be sent again (see above): try again later.",
+                    len(retried.failed),
+                )
+                % {"count": len(retried.failed)},
+                returncode=1,
+            )
         if options["fail_if_found"] and records:
             raise CommandError(
                 ngettext("%(count)d stale task found.", "%(count)d stale tasks found.", len(records))
