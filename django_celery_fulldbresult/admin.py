@@ -180,7 +180,7 @@ class StaleFilter(admin.SimpleListFilter):
             (managers.WAITING_ETA, _("Waiting for its ETA")),
             (managers.WAITING_RETRY, _("Waiting for a retry")),
             (managers.WORKER_GONE, _("Started, worker gone")),
-            (managers.RUNNING, _("Started, worker alive")),
+            (managers.RUNNING, _("Started, running now")),
             (managers.OTHER, _("Other state")),
         ]
 
@@ -192,11 +192,12 @@ class StaleFilter(admin.SimpleListFilter):
         if kind == self.ALL:
             return stale  # type: ignore[no-any-return]
         if kind in self.ASK_WORKERS:
-            live = managers.live_worker_hostnames()
-            if live is None:
+            asked = managers.live_workers_and_tasks()
+            if asked is None:
                 messages.warning(request, NO_PING)
                 return stale.filter(status=states.STARTED)  # type: ignore[no-any-return]
-            return stale.with_stale_kind(live_workers=live).filter(stale_kind=kind)  # type: ignore[no-any-return]
+            live, running = asked
+            return stale.with_stale_kind(live, running).filter(stale_kind=kind)  # type: ignore[no-any-return]
         # The other kinds do not depend on the workers: do not ping them.
         return stale.with_stale_kind(live_workers=()).filter(stale_kind=kind)  # type: ignore[no-any-return]
 

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 #: What ``with_stale_kind()`` says of each stale record.
 NEVER_STARTED = "never_started"  # published (PENDING) and never started
-WORKER_GONE = "worker_gone"  # STARTED on a worker that no longer answers
-RUNNING = "running"  # STARTED on a worker that answers: slow, not lost
+WORKER_GONE = "worker_gone"  # STARTED by a worker that is gone (or came back under its name and lost it)
+RUNNING = "running"  # STARTED, and a worker that answers is running it: slow, not lost
 STARTED_UNKNOWN = "started"  # STARTED, and no worker could be asked
 WAITING_RETRY = "waiting_retry"  # RETRY: the retry never ran
 WAITING_ETA = "waiting_eta"  # PENDING with an ETA, which has passed
@@ -56,6 +56,32 @@ def live_worker_hostnames(app: Any = None, timeout: float | None = None) -> set[
     except Exception:  # the broker is down: we cannot tell
         return None
     return {name for reply in replies or () for name in reply}
+
+
+def live_workers_and_tasks(app: Any = None, timeout: float | None = None) -> tuple[set[str], set[str]] | None:
+    """The hostnames of the workers that answer, and the ids of the tasks they run now; None if none could be asked.
+
+    Celery's ``inspect().active()``. Who runs a task, not only whether its
+    worker's name answers: a worker killed with the task and started again
+    under the same name (``celery@%h`` after a reboot, a container or a
+    systemd restart) answers, and runs it no more.
+    """
+    if app is None:
+        from celery import current_app as app
+    if timeout is None:
+        timeout = app_settings.WORKER_PING_TIMEOUT
+    try:
+        replies = app.control.inspect(timeout=timeout).active() or {}
+    except Exception:  # the broker is down: we cannot tell
+        return None
+    running = {
+        str(task["id"])
+        for tasks in replies.values()
+        if isinstance(tasks, list)
+        for task in tasks
+        if isinstance(task, dict) and task.get("id")
+    }
+    return set(replies), running
 
 
 def _as_json(column: str, readable: models.Q | None = None) -> models.Case:
@@ -102,22 +128,32 @@ class TaskResultMetaQuerySet(models.QuerySet["TaskResultMeta"]):
             models.Q(eta__isnull=True) | models.Q(eta__lt=cutoff), date_done__lt=cutoff
         )
 
-    def with_stale_kind(self, live_workers: Iterable[str] | object | None = _ASK_WORKERS) -> TaskResultMetaQuerySet:
+    def with_stale_kind(
+        self, live_workers: Iterable[str] | object | None = _ASK_WORKERS, running_tasks: Iterable[str] | None = None
+    ) -> TaskResultMetaQuerySet:
         """Annotate ``stale_kind``: why each record has not finished.
 
-        ``live_workers`` are the hostnames of the workers that are alive; by
-        default the workers are asked (a ping, ``WORKER_PING_TIMEOUT``
-        seconds). ``None`` means they could not be asked: STARTED records are
-        then of kind ``started``.
+        By default the workers are asked (``WORKER_PING_TIMEOUT`` seconds)
+        which tasks they are running (:func:`live_workers_and_tasks`): a
+        STARTED record is ``running`` if one of them runs it, else
+        ``worker_gone``. ``live_workers``, the hostnames of the workers that
+        are alive, with ``running_tasks``, the ids of the tasks they run, say
+        it instead; ``live_workers`` alone, a STARTED record on one of them
+        counts as running. ``None``: they could not be asked, and STARTED
+        records are of kind ``started``.
         """
         if live_workers is _ASK_WORKERS:
-            live_workers = live_worker_hostnames()
+            asked = live_workers_and_tasks()
+            live_workers, running_tasks = asked if asked is not None else (None, None)
         started: list[models.When] = []
         if live_workers is None:
             started.append(models.When(status=states.STARTED, then=models.Value(STARTED_UNKNOWN)))
         else:
-            live = sorted(live_workers)  # type: ignore[call-overload]
-            started.append(models.When(status=states.STARTED, hostname__in=live, then=models.Value(RUNNING)))
+            if running_tasks is not None:
+                running = models.Q(task_id__in=sorted(running_tasks))
+            else:
+                running = models.Q(hostname__in=sorted(live_workers))  # type: ignore[call-overload]
+            started.append(models.When(running, status=states.STARTED, then=models.Value(RUNNING)))
             started.append(models.When(status=states.STARTED, then=models.Value(WORKER_GONE)))
         waiting = [states.PENDING, states.RECEIVED]
         return self.annotate(

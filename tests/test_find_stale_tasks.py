@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from django_celery_fulldbresult.managers import NEVER_STARTED
 from django_celery_fulldbresult.models import TaskResultMeta
+from testcelery import tasks
 
 from .conftest import ROOT, wait_for, worker_env
 
@@ -156,28 +157,37 @@ def test_fail_if_found_exits_1_for_cron_jobs_and_probes() -> None:
 def test_retry_sends_each_stale_task_once(worker: Any) -> None:
     make("lost-1", "testcelery.tasks.add", queue="celery")
     make("lost-2", "testcelery.tasks.add", queue="celery")
-    make("slow", "testcelery.tasks.add", states.STARTED, hostname=worker.hostname)
+    # A task the live worker runs (slow, not lost), and one it does not run: STARTED under its name by a worker
+    # killed with it and started again as the same name.
+    running = tasks.sleep.delay(20)
+    wait_for(lambda: TaskResultMeta.objects.filter(task_id=running.id, status=states.STARTED).exists())
+    TaskResultMeta.objects.filter(task_id=running.id).update(date_done=timezone.now() - timedelta(hours=2))
+    make("restarted", "testcelery.tasks.add", states.STARTED, hostname=worker.hostname, queue="celery")
     with override_settings(DJANGO_CELERY_FULLDBRESULT_WORKER_PING_TIMEOUT=5):
         output = run("--hours", "1", "--retry")
-    assert "Retried slow" not in output
-    assert not TaskResultMeta.objects.filter(retry_of="slow").exists()
+    assert f"Retried {running.id}" not in output
+    assert not TaskResultMeta.objects.filter(retry_of=running.id).exists()
+    assert "Retried restarted as " in output
     assert "Retried lost-1 as " in output and "Retried lost-2 as " in output
-    new_ids = TaskResultMeta.objects.filter(retry_of__in=["lost-1", "lost-2"]).values_list("task_id", flat=True)
-    assert len(new_ids) == 2
-    wait_for(lambda: TaskResultMeta.objects.filter(task_id__in=new_ids, status=states.SUCCESS).count() == 2)
+    new_ids = TaskResultMeta.objects.filter(retry_of__in=["lost-1", "lost-2", "restarted"]).values_list(
+        "task_id", flat=True
+    )
+    assert len(new_ids) == 3
+    wait_for(lambda: TaskResultMeta.objects.filter(task_id__in=new_ids, status=states.SUCCESS).count() == 3)
     assert {r.result for r in TaskResultMeta.objects.filter(task_id__in=new_ids)} == {3}
 
     err, out = StringIO(), StringIO()
     with override_settings(DJANGO_CELERY_FULLDBRESULT_WORKER_PING_TIMEOUT=5):
         call_command("find_stale_tasks", "--hours", "1", "--retry", stdout=out, stderr=err)
     assert "lost-1" not in out.getvalue() + err.getvalue(), "retried already: left out"
-    assert "Not retried slow: not lost (running): not sent again" in err.getvalue()
+    assert f"Not retried {running.id}: not lost (running): not sent again" in err.getvalue()
     assert TaskResultMeta.objects.filter(retry_of__in=["lost-1", "lost-2"]).count() == 2
 
     # A probe after the retry: the originals were dealt with; only what is still lost counts.
     assert "lost-1" in run("--hours", "1")
     with pytest.raises(CommandError, match="1 stale task found"):
         run("--hours", "1", "--not-retried", "--fail-if-found")  # the slow one, still running
+    running.revoke(terminate=True)
 
 
 def test_retry_with_a_limit_moves_on_to_the_tasks_not_retried_yet(parked: str) -> None:

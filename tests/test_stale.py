@@ -22,6 +22,9 @@ from django_celery_fulldbresult.managers import (
     live_worker_hostnames,
 )
 from django_celery_fulldbresult.models import TaskResultMeta
+from testcelery import tasks
+
+from .conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -113,13 +116,21 @@ def test_each_stale_record_says_why() -> None:
 
 
 @pytest.mark.worker
-def test_live_workers_are_asked_through_the_control_api(worker: Any) -> None:
+def test_the_workers_are_asked_which_tasks_they_run(worker: Any) -> None:
+    """A STARTED record is running if a worker that answers runs it. One on a worker's name that answers but
+    does not run it was started by a worker of that name that is gone: killed with it and started again under
+    the same name (``celery@%h`` after a reboot, a container restart). It used to count as running, for good,
+    and was never retried."""
     assert worker.hostname in (live_worker_hostnames(timeout=5) or set())
-    make("on-live-worker", states.STARTED, timedelta(days=1), hostname=worker.hostname)
+    slow = tasks.sleep.delay(15)
+    wait_for(lambda: TaskResultMeta.objects.filter(task_id=slow.id, status=states.STARTED).exists())
+    TaskResultMeta.objects.filter(task_id=slow.id).update(date_done=timezone.now() - timedelta(days=1))
+    make("on-a-restarted-worker", states.STARTED, timedelta(days=1), hostname=worker.hostname)
     make("on-dead-worker", states.STARTED, timedelta(days=1), hostname="w9@nowhere")
     with override_settings(DJANGO_CELERY_FULLDBRESULT_WORKER_PING_TIMEOUT=5):
         kinds = dict(TaskResultMeta.objects.with_stale_kind().values_list("task_id", "stale_kind"))
-    assert kinds == {"on-live-worker": RUNNING, "on-dead-worker": WORKER_GONE}
+    slow.revoke(terminate=True)
+    assert kinds == {slow.id: RUNNING, "on-a-restarted-worker": WORKER_GONE, "on-dead-worker": WORKER_GONE}
 
 
 def test_stale_detection_uses_an_index_on_postgresql() -> None:
