@@ -154,3 +154,20 @@ def test_stale_detection_uses_an_index_on_postgresql() -> None:
     count_plan = stale.order_by().values("pk").explain()
     assert "fulldbresult_unfinished_idx" in count_plan, count_plan
     assert stale.count() == 50 - 3  # the rows younger than an hour are not stale
+
+
+def test_stale_detection_uses_the_partial_index_on_sqlite() -> None:
+    """SQLite takes a partial index only when the query has its condition word for word, with the states written
+    in (Django binds them as parameters): without that it read every record older than the window, finished ones
+    included (71 ms against 1 ms at 300,000 records)."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's query plans")
+    make("lost", states.STARTED, timedelta(days=1))
+    make("done", states.SUCCESS, timedelta(days=1))
+    stale = TaskResultMeta.objects.get_stale_tasks(timedelta(hours=1))
+    assert "fulldbresult_unfinished_idx" in stale.explain()
+    assert "fulldbresult_unfinished_idx" in stale.order_by().values("pk").explain()  # a count
+    assert ids(stale) == {"lost"}
+    assert ids(stale.with_stale_kind(live_workers=())) == {"lost"}
+    custom = TaskResultMeta.objects.get_stale_tasks(timedelta(hours=1), acceptable_states=[states.SUCCESS])
+    assert ids(custom) == {"lost"}  # other states: the ORM's condition alone
