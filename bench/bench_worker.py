@@ -142,6 +142,7 @@ def main() -> None:
     setup(args.db)
     from bench.celery_app import app
 
+    drop_queue(app, QUEUE)  # a run killed before its exit left its queue, and process ids come round again
     atexit.register(drop_queue, app, QUEUE)
     log = Path(os.environ.get("FDR_BENCH_VAR", "/tmp/fdr_bench")) / "bench_worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -159,7 +159,7 @@ class TaskNameFilter(admin.SimpleListFilter):
 
 
 NO_PING = _(
-    "The workers could not be asked whether they are alive (is the broker reachable?): "
+    "The workers could not be asked which tasks they run (is the broker reachable?): "
     "every stale started task is listed."
 )
 
@@ -170,7 +170,7 @@ class StaleFilter(admin.SimpleListFilter):
     title = _("stale")
     parameter_name = "stale"
     ALL = "all"
-    #: Telling these apart asks the workers (a ping): only done when chosen.
+    #: Telling these apart asks the workers which tasks they run: only done when chosen.
     ASK_WORKERS = (managers.WORKER_GONE, managers.RUNNING)
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
@@ -198,7 +198,7 @@ class StaleFilter(admin.SimpleListFilter):
                 return stale.filter(status=states.STARTED)  # type: ignore[no-any-return]
             live, running = asked
             return stale.with_stale_kind(live, running).filter(stale_kind=kind)  # type: ignore[no-any-return]
-        # The other kinds do not depend on the workers: do not ping them.
+        # The other kinds do not depend on the workers: do not ask them.
         return stale.with_stale_kind(live_workers=()).filter(stale_kind=kind)  # type: ignore[no-any-return]
 
 

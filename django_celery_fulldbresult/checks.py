@@ -82,7 +82,7 @@ def _backend_messages() -> list[CheckMessage]:
                 id=ID + "W003",
             )
         )
-    if app_settings.TRACK_PUBLISH and not getattr(settings, "CELERY_TASK_TRACK_STARTED", False):
+    if app_settings.TRACK_PUBLISH and not _tracks_started():
         messages.append(
             Warning(
                 _(
@@ -98,6 +98,18 @@ def _backend_messages() -> list[CheckMessage]:
         )
     messages.extend(_sqlite_messages())
     return messages
+
+
+def _tracks_started() -> bool:
+    """Whether workers write STARTED: the Django setting, or the Celery app's own configuration."""
+    if getattr(settings, "CELERY_TASK_TRACK_STARTED", False):
+        return True
+    from celery import current_app
+
+    try:
+        return bool(current_app.conf.task_track_started)
+    except Exception:  # an app that cannot read its configuration: the Django setting said no
+        return False
 
 
 def _records_alias() -> str:

@@ -101,6 +101,17 @@ def _as_json(column: str, readable: models.Q | None = None) -> models.Case:
     )
 
 
+class _Unfinished(models.Func):
+    """``NOT (status IN ('FAILURE', 'REVOKED', 'SUCCESS'))``, the states written in: the partial index's condition.
+
+    An expression, not ``extra(where=...)``: Django names its column as the
+    query does (``U0."status"`` in a subquery).
+    """
+
+    template = "NOT (%%(expressions)s IN (%s))" % ", ".join("'%s'" % state for state in sorted(states.READY_STATES))
+    output_field = models.BooleanField()
+
+
 def write_alias(queryset: models.QuerySet[Any]) -> str:
     """Where a QuerySet's writes go: the router's write database (not a read
     replica the records may be read from), unless ``.using()`` chose."""
@@ -127,14 +138,11 @@ class TaskResultMetaQuerySet(models.QuerySet["TaskResultMeta"]):
         stale = self.exclude(status__in=sorted(acceptable_states)).filter(
             models.Q(eta__isnull=True) | models.Q(eta__lt=cutoff), date_done__lt=cutoff
         )
-        connection = connections[self.db]
-        if connection.vendor == "sqlite" and set(acceptable_states) == set(states.READY_STATES):
+        if connections[self.db].vendor == "sqlite" and set(acceptable_states) == set(states.READY_STATES):
             # SQLite uses a partial index only for a query that has its
             # condition word for word, and Django binds the states as
             # parameters: the condition again, with the states written in.
-            table, status = (connection.ops.quote_name(name) for name in (self.model._meta.db_table, "status"))
-            finished = ", ".join("'%s'" % state for state in sorted(states.READY_STATES))
-            stale = stale.extra(where=[f"NOT ({table}.{status} IN ({finished}))"])  # type: ignore[assignment]
+            stale = stale.filter(_Unfinished(models.F("status")))
         return stale
 
     def with_stale_kind(

@@ -669,9 +669,12 @@ def _after_fork_in_child() -> None:
     # its own), so the goodbye goes nowhere.
     held = [connection for thread in _held_connections.values() for connection in thread]
     _held_connections.clear()
-    # And the connections the forking thread opened outside its caller's
-    # transactions: the child would write on the parent's socket with them.
-    held += _local.__dict__.pop("connections", {}).values()
+    # And the connections threads opened outside their callers'
+    # transactions: the forking thread would write on the parent's socket
+    # with its own, and the child frees the other threads' with their storage.
+    # (Listed before the forking thread's are dropped: the list holds them until they are muted.)
+    held += [connection for connection in list(_sockets) if connection.__dict__.get(_OWN)]
+    _local.__dict__.pop("connections", None)
     _mute(held)
     _sockets.clear()
 
@@ -766,8 +769,10 @@ def on_before_task_publish(
             return
         buffer.append(row)
         if len(buffer) >= BATCH_SIZE:
-            full = buffer[:]
-            buffer.clear()
+            # (A thread started in the block, asyncio.to_thread, shares its list: what another thread
+            # appends meanwhile stays for the next write.)
+            full = buffer[:BATCH_SIZE]
+            del buffer[: len(full)]
             _record(full)
     except Exception:
         # Publishing goes on: the worker's writes will create the record.

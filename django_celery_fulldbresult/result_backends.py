@@ -125,10 +125,12 @@ class DatabaseResultBackend(DatabaseBackend):
         """
         if isinstance(exc, CONNECTION_ERRORS):
             connection = connections[router.db_for_write(self.TaskModel)]
-            if not worth_another_try(connection, exc):
+            # Inside the caller's transaction (a task's update_state() in its
+            # atomic block) nothing is retried: the transaction is lost with
+            # the connection, which must stay as it is for the caller to see.
+            if in_transaction(connection) or not worth_another_try(connection, exc):
                 return False
-            if not in_transaction(connection):
-                connection.close()
+            connection.close()
             return True
         return super().exception_safe_to_retry(exc)  # type: ignore[no-any-return]
 

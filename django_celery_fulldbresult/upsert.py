@@ -634,10 +634,14 @@ def with_reconnect(connection: BaseDatabaseWrapper, write: Any, *args: Any) -> N
         write(connection, *args)
 
 
-#: SQLSTATEs of a write that lost a race for a lock: serialization failure, deadlock, lock not available.
-LOCK_RACE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
-#: MySQL's and MariaDB's error numbers for the same: lock wait timeout, deadlock.
-LOCK_RACE_MYSQL_ERRORS = frozenset({1205, 1213})
+#: SQLSTATEs of a write that lost a race for a lock: serialization failure, deadlock. (Not a lock wait
+#: that timed out: the lock is still held, and a write that set the limit itself knows why, see
+#: record_published's ``lock_wait``.)
+LOCK_RACE_SQLSTATES = frozenset({"40001", "40P01"})
+#: MySQL's and MariaDB's error numbers for a deadlock; and for a server that turned read-only
+#: (``--read-only``, a failover's old primary): a new connection finds the new one.
+LOCK_RACE_MYSQL_ERRORS = frozenset({1213})
+READ_ONLY_MYSQL_ERRORS = frozenset({1290, 1836})
 
 
 def worth_another_try(connection: BaseDatabaseWrapper, exc: Exception) -> bool:
@@ -645,7 +649,9 @@ def worth_another_try(connection: BaseDatabaseWrapper, exc: Exception) -> bool:
 
     Yes when the connection is gone (a restart, a failover, an idle timeout:
     ``InterfaceError``, or an ``OperationalError`` after which the
-    connection no longer answers) or the write lost a race for a lock. Not
+    connection no longer answers; on MySQL and MariaDB, a server that turned
+    read-only, as a failover's old primary does) or the write lost a race
+    for a lock (a deadlock, a serialization failure). Not
     for what the drivers also raise as ``OperationalError`` and that would
     come back at every try: a missing table or column (code deployed before
     ``migrate``), a value the column's character set refuses. Retried, those
@@ -660,7 +666,7 @@ def worth_another_try(connection: BaseDatabaseWrapper, exc: Exception) -> bool:
     if _sqlstate(exc) in LOCK_RACE_SQLSTATES:
         return True
     code = (getattr(exc.__cause__, "args", None) or (None,))[0]
-    if connection.vendor == "mysql" and code in LOCK_RACE_MYSQL_ERRORS:
+    if connection.vendor == "mysql" and (code in LOCK_RACE_MYSQL_ERRORS or code in READ_ONLY_MYSQL_ERRORS):
         return True
     if connection.vendor == "sqlite" and "locked" in str(exc):  # "database is locked", "database table is locked"
         return True

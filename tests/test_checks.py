@@ -98,13 +98,24 @@ def test_w003_connections_closed_after_every_task() -> None:
 
 
 def test_w006_track_publish_without_track_started() -> None:
-    with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=True, CELERY_TASK_TRACK_STARTED=False):
-        assert ids() == ["W006"]
-    with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=True, CELERY_TASK_TRACK_STARTED=True):
-        assert ids() == []
-    # Without publish tracking a running task has no record yet: nothing to mistake.
-    with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=False, CELERY_TASK_TRACK_STARTED=False):
-        assert ids() == []
+    from testcelery.celery import app
+
+    was = app.conf.task_track_started
+    try:
+        app.conf.task_track_started = False
+        with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=True, CELERY_TASK_TRACK_STARTED=False):
+            assert ids() == ["W006"]
+        with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=True, CELERY_TASK_TRACK_STARTED=True):
+            assert ids() == []
+        # Without publish tracking a running task has no record yet: nothing to mistake.
+        with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=False, CELERY_TASK_TRACK_STARTED=False):
+            assert ids() == []
+        # Set on the Celery app itself (app.conf, a celeryconfig module): no warning either.
+        app.conf.task_track_started = True
+        with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=True, CELERY_TASK_TRACK_STARTED=False):
+            assert ids() == []
+    finally:
+        app.conf.task_track_started = was
 
 
 def sqlite_databases(options: dict[str, Any]) -> dict[str, Any]:

@@ -308,7 +308,7 @@ def test_a_publish_waiting_for_a_lock_its_own_transaction_holds_gives_up(
         with caplog.at_level(logging.ERROR, logger="django_celery_fulldbresult.publish"):
             tasks.add.apply_async((1, 1), task_id=task_id, queue=parked)
         waited = time.monotonic() - started
-    assert waited < 10, "one second per try"
+    assert waited < 4, "a second, tried once (a lock wait that timed out is not tried again)"
     assert f"Could not record the publication of task {task_id}" in caplog.text
     assert TaskResultMeta.objects.get(task_id=task_id).status == "PROGRESS"
 

@@ -171,3 +171,6 @@ def test_stale_detection_uses_the_partial_index_on_sqlite() -> None:
     assert ids(stale.with_stale_kind(live_workers=())) == {"lost"}
     custom = TaskResultMeta.objects.get_stale_tasks(timedelta(hours=1), acceptable_states=[states.SUCCESS])
     assert ids(custom) == {"lost"}  # other states: the ORM's condition alone
+    # As a subquery, the condition is on the subquery's rows, not the outer query's.
+    assert ids(TaskResultMeta.objects.filter(task__in=stale.values("task"))) == {"lost", "done"}
+    assert ids(TaskResultMeta.objects.filter(task_id__in=stale.values("task_id"))) == {"lost"}

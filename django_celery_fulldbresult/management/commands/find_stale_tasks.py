@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import states
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import models
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
@@ -85,16 +86,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--kind",
             action="store_true",
-            help=_("In text mode, add why each task is stale (asks the workers which of them are alive)."),
+            help=_("In text mode, add why each task is stale (asks the workers which tasks they run)."),
         )
         parser.add_argument(
             "--retry",
             action="store_true",
             help=_(
                 "Send again each stale task that is lost (never started, worker gone, waiting for a retry or an "
-                "ETA long past), once: a record already retried is left out (as with --not-retried), a task "
-                "running on a live worker is not sent. Exits with status 1 if the broker or the database failed "
-                "a retry."
+                "ETA long past), once. Lists only those: not a task retried already, one whose arguments cannot "
+                "be sent again, or one running on a live worker (run without --retry to see them). Exits with "
+                "status 1 if the broker or the database failed a retry."
             ),
         )
         parser.add_argument(
@@ -139,12 +140,19 @@ class Command(BaseCommand):
         if options["queues"]:
             stale = stale.filter(queue__in=options["queues"])
         if options["not_retried"] or options["retry"]:
-            # --retry: a task sent again already is not sent twice, and must
-            # not take the place of one that was not (--limit, oldest first).
             stale = stale.filter(retried_as__isnull=True)
+        if options["retry"]:
+            # Only what can be sent: a task sent again already, one whose
+            # arguments cannot be sent (not_retryable_reason) or one running
+            # on a live worker must not take the place of one that can, run
+            # after run (--limit, oldest first).
+            stale = stale.filter(models.Q(not_retryable_reason="") | models.Q(not_retryable_reason__isnull=True))
+            stale = stale.exclude(task__isnull=True).exclude(task="")
         want_kind = options["format"] == "json" or options["kind"] or options["retry"]
         if want_kind:
             stale = stale.with_stale_kind()
+        if options["retry"]:
+            stale = stale.filter(stale_kind__in=sorted(RETRYABLE_KINDS))
         if options["limit"]:
             stale = stale[: options["limit"]]
         records = list(stale)
