@@ -98,9 +98,12 @@ def test_w003_connections_closed_after_every_task() -> None:
 
 
 def test_w006_track_publish_without_track_started() -> None:
+    from celery import current_app
+
     from testcelery.celery import app
 
-    was = app.conf.task_track_started
+    was, current = app.conf.task_track_started, current_app._get_current_object()
+    app.set_current()  # (as in a project; a test may have made another app current)
     try:
         app.conf.task_track_started = False
         with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=True, CELERY_TASK_TRACK_STARTED=False):
@@ -116,6 +119,7 @@ def test_w006_track_publish_without_track_started() -> None:
             assert ids() == []
     finally:
         app.conf.task_track_started = was
+        current.set_current()
 
 
 def sqlite_databases(options: dict[str, Any]) -> dict[str, Any]:
