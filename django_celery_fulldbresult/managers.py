@@ -101,15 +101,24 @@ def _as_json(column: str, readable: models.Q | None = None) -> models.Case:
     )
 
 
-class _Unfinished(models.Func):
+class _Unfinished(models.Lookup):
     """``NOT (status IN ('FAILURE', 'REVOKED', 'SUCCESS'))``, the states written in: the partial index's condition.
 
-    An expression, not ``extra(where=...)``: Django names its column as the
-    query does (``U0."status"`` in a subquery).
+    A lookup, not ``extra(where=...)``: Django names its column as the query
+    does (``U0."status"`` in a subquery). Not a function either: SQLite, with
+    no boolean type, would get it compared to true, no longer word for word.
     """
 
-    template = "NOT (%%(expressions)s IN (%s))" % ", ".join("'%s'" % state for state in sorted(states.READY_STATES))
-    output_field = models.BooleanField()
+    lookup_name = "fulldbresult_unfinished"  # (never registered: used as an expression)
+    prepare_rhs = False
+    FINISHED = ", ".join("'%s'" % state for state in sorted(states.READY_STATES))
+
+    def __init__(self, lhs: Any) -> None:
+        super().__init__(lhs, None)
+
+    def as_sql(self, compiler: Any, connection: Any) -> Any:
+        lhs, params = compiler.compile(self.lhs)
+        return f"NOT ({lhs} IN ({self.FINISHED}))", params
 
 
 def write_alias(queryset: models.QuerySet[Any]) -> str:

@@ -100,12 +100,10 @@ def test_w003_connections_closed_after_every_task() -> None:
 def test_w006_track_publish_without_track_started() -> None:
     from celery import current_app
 
-    from testcelery.celery import app
-
-    was, current = app.conf.task_track_started, current_app._get_current_object()
-    app.set_current()  # (as in a project; a test may have made another app current)
+    conf = current_app.conf  # what the check reads (which app is current is the project's business)
+    was = conf.task_track_started
     try:
-        app.conf.task_track_started = False
+        conf.task_track_started = False
         with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=True, CELERY_TASK_TRACK_STARTED=False):
             assert ids() == ["W006"]
         with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=True, CELERY_TASK_TRACK_STARTED=True):
@@ -114,12 +112,11 @@ def test_w006_track_publish_without_track_started() -> None:
         with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=False, CELERY_TASK_TRACK_STARTED=False):
             assert ids() == []
         # Set on the Celery app itself (app.conf, a celeryconfig module): no warning either.
-        app.conf.task_track_started = True
+        conf.task_track_started = True
         with override_settings(DJANGO_CELERY_FULLDBRESULT_TRACK_PUBLISH=True, CELERY_TASK_TRACK_STARTED=False):
             assert ids() == []
     finally:
-        app.conf.task_track_started = was
-        current.set_current()
+        conf.task_track_started = was
 
 
 def sqlite_databases(options: dict[str, Any]) -> dict[str, Any]:

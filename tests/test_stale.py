@@ -164,6 +164,12 @@ def test_stale_detection_uses_the_partial_index_on_sqlite() -> None:
         pytest.skip("SQLite's query plans")
     make("lost", states.STARTED, timedelta(days=1))
     make("done", states.SUCCESS, timedelta(days=1))
+    old = timezone.now() - timedelta(days=2)
+    TaskResultMeta.objects.bulk_create(  # a table as they are: nearly every record finished
+        [TaskResultMeta(task_id=f"ok-{i}", task="app.other", status=states.SUCCESS, date_done=old) for i in range(2000)]
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")  # (which index is cheaper, SQLite decides from statistics)
     stale = TaskResultMeta.objects.get_stale_tasks(timedelta(hours=1))
     assert "fulldbresult_unfinished_idx" in stale.explain()
     assert "fulldbresult_unfinished_idx" in stale.order_by().values("pk").explain()  # a count
